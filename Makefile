@@ -1,0 +1,28 @@
+# The README's first two commands: `make demo` and `make test`. Both create .venv when missing.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export OMP_NUM_THREADS ?= 2
+export DGLBACKEND := pytorch
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test bench clean-demo
+
+$(VENV): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet "pip>=24"
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $(VENV)
+
+demo: $(VENV)
+	$(PY) -m recgoat_dist demo --out $(DEMO_OUT)
+
+test: $(VENV)
+	$(PY) -m pytest tests
+
+clean-demo:
+	rm -rf $(DEMO_OUT)
