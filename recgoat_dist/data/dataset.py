@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import os
 import shutil
 import tempfile
@@ -37,6 +38,8 @@ INTERACTION_SCHEMA = pa.schema([
     ("split", pa.int8()),
 ])
 ID_MAP_KINDS = ("user", "item")
+# Modalities the model knows how to use; a suffix names the extractor (e.g. audio_whisper).
+MODALITY_NAME = re.compile(r"^(text|visual|audio)(_[a-z0-9]+)?$")
 
 
 class DataError(ValueError):
@@ -152,6 +155,9 @@ class DatasetWriter:
         """Append rows ``start .. start+len(block)`` of a ``kind`` ('item'|'user') modality."""
         block = np.asarray(block)
         source = source or self.source
+        if not MODALITY_NAME.match(name):
+            raise DataError(f"{source}: unknown modality name {name!r}: expected text, visual or audio, "
+                            "optionally with a suffix such as audio_whisper")
         if block.ndim != 2 or block.shape[1] == 0:
             raise DataError(f"{source}: modality {name!r} must be a 2-D array, got shape {block.shape}")
         check_finite(name, source, start, block)
