@@ -19,7 +19,8 @@ $(VENV): pyproject.toml
 	@touch $(VENV)
 
 demo: $(VENV)
-	$(PY) -m recgoat_dist demo --out $(DEMO_OUT)
+	rm -rf $(DEMO_OUT)/run
+	$(PY) -m recgoat_dist demo --config configs/demo.yaml --out $(DEMO_OUT)
 
 test: $(VENV)
 	$(PY) -m pytest tests
