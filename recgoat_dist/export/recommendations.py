@@ -1,0 +1,80 @@
+"""``recgoat export``: what a serving system needs from a run, keyed by *original* ids.
+
+Layout of the export artifact (manifest last)::
+
+    users/part-<start>.parquet            user_id string, embedding fixed_size_list<float32>[d]
+    items/part-<start>.parquet            item_id string, embedding fixed_size_list<float32>[d], cold bool
+    recommendations/part-<start>.parquet  user_id string, rank int16, item_id string, score float32
+
+Scores are dot products of the exported embeddings, so ``score = <user, item>`` can be checked
+or recomputed downstream. Recommendations never contain a user's training items; cold items (no
+training interaction) are ranked like any other item through their modality representation.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+
+from recgoat_dist.data.dataset import Dataset, chunk_ranges
+from recgoat_dist.eval.metrics import topk_items
+from recgoat_dist.storage import ArtifactWriter
+
+logger = logging.getLogger(__name__)
+ROWS_PER_FILE = 262_144
+
+
+def _embedding_table(id_name: str, ids: np.ndarray, emb: np.ndarray, **extra) -> pa.Table:
+    values = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), emb.shape[1])
+    return pa.table({id_name: pa.array(ids, pa.string()), "embedding": values,
+                     **{k: pa.array(v) for k, v in extra.items()}})
+
+
+def export_run(run_url: str, out: str, top_k: int = 100, checkpoint: str = "best",
+               user_block: int = 4096, overwrite: bool = False) -> dict:
+    """Write embeddings and top-``top_k`` recommendations of the run at ``run_url`` to ``out``."""
+    from recgoat_dist.train.inputs import load_inputs
+    from recgoat_dist.train.run import Run
+    from recgoat_dist.train.single import FullGraph
+
+    start = time.perf_counter()
+    run = Run(run_url)
+    config = run.config
+    inputs = load_inputs(config)
+    model = run.load_model(checkpoint)
+    user_emb, item_emb = FullGraph(model, inputs).embeddings()
+    logger.info("inference for %d users and %d items in %.1f s", inputs.num_users, inputs.num_items,
+                time.perf_counter() - start)
+    dataset = Dataset(inputs.dataset_url)
+    user_ids, item_ids = dataset.original_ids("user"), dataset.original_ids("item")
+    users_np, items_np = user_emb.numpy(), item_emb.numpy()
+
+    with ArtifactWriter(out, kind="export", overwrite=overwrite) as writer:
+        for lo, hi in chunk_ranges(inputs.num_users, ROWS_PER_FILE):
+            writer.write_table(f"users/part-{lo:012d}.parquet", _embedding_table("user_id", user_ids[lo:hi], users_np[lo:hi]))
+        for lo, hi in chunk_ranges(inputs.num_items, ROWS_PER_FILE):
+            writer.write_table(f"items/part-{lo:012d}.parquet", _embedding_table(
+                "item_id", item_ids[lo:hi], items_np[lo:hi], cold=inputs.cold_items[lo:hi]))
+        k = min(top_k, inputs.num_items)
+        for lo, hi in tqdm(list(chunk_ranges(inputs.num_users, user_block)), desc="recommendations",
+                           unit="block", mininterval=2):
+            users = np.arange(lo, hi)
+            top = topk_items(user_emb, item_emb, users, inputs.train, k)
+            # A user who has trained on almost the whole catalog gets fewer than k items.
+            valid = ~inputs.train.contains(users[:, None], top)
+            scores = torch.einsum("ud,ukd->uk", user_emb[users], item_emb[torch.from_numpy(top)]).numpy()
+            rows, cols = np.nonzero(valid)
+            writer.write_table(f"recommendations/part-{lo:012d}.parquet", pa.table({
+                "user_id": pa.array(user_ids[users[rows]], pa.string()),
+                "rank": pa.array(cols.astype(np.int16)),
+                "item_id": pa.array(item_ids[top[rows, cols]], pa.string()),
+                "score": pa.array(scores[rows, cols].astype(np.float32))}))
+        manifest = writer.commit({"run": run.url, "model": config.model.name, "checkpoint": checkpoint,
+                                  "dataset": inputs.dataset_url, "num_users": inputs.num_users,
+                                  "num_items": inputs.num_items, "dim": int(users_np.shape[1]), "top_k": k})
+    logger.info("exported %s to %s in %.1f s", run.url, out, time.perf_counter() - start)
+    return manifest
