@@ -14,6 +14,7 @@ memory is bounded by the chunk size, not by the number of interactions.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -180,8 +181,15 @@ class DatasetWriter:
                              pa.table([pa.array(ids), values], schema=feature_schema(kind, block.shape[1])))
         self._feature_rows[(kind, name)] = start + len(block)
 
-    def add_id_map(self, kind: str, original_ids: Iterable) -> None:
-        original = pa.array([str(x) for x in original_ids], pa.string())
+    def add_id_map(self, kind: str, original_ids: Iterable, slice_rows: int = 1 << 20) -> None:
+        """Original ids by contiguous id; consumed in slices so a 10M-id generator stays small."""
+        iterator, chunks = iter(original_ids), []
+        while True:
+            block = [str(x) for x in itertools.islice(iterator, slice_rows)]
+            if not block:
+                break
+            chunks.append(pa.array(block, pa.string()))
+        original = pa.chunked_array(chunks, pa.string())
         expected = self.num_users if kind == "user" else self.num_items
         if len(original) != expected:
             raise DataError(f"{self.source}: {kind} id map has {len(original)} rows, expected {expected}")

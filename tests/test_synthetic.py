@@ -1,0 +1,144 @@
+"""The embedded synthetic dataset: determinism, shapes, split rules, cold items, planted signal."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recgoat_dist.cli import main
+from recgoat_dist.data.dataset import Dataset
+from recgoat_dist.data.synthetic import PlantedModel, generate_synthetic
+
+SMALL = dict(users=300, items=400, topics=8, chunk_users=128)   # 3 interaction parts
+
+
+def checksums(manifest: dict) -> dict:
+    return {rel: info["sha256"] for rel, info in manifest["files"].items()}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[str, dict]:
+    out = str(tmp_path_factory.mktemp("synthetic") / "seed0")
+    return out, generate_synthetic(out, seed=0, **SMALL)
+
+
+def planted(manifest: dict) -> PlantedModel:
+    src = manifest["source"]
+    return PlantedModel.create(src["seed"], manifest["num_items"], src["topics"], manifest["cold_items"],
+                               {"text": src["text_dim"], "visual": src["visual_dim"]})
+
+
+def test_same_seed_same_files_other_seed_differs(small, tmp_path):
+    _, first = small
+    again = generate_synthetic(str(tmp_path / "again"), seed=0, **SMALL)
+    other = generate_synthetic(str(tmp_path / "other"), seed=1, **SMALL)
+    assert checksums(again) == checksums(first)
+    assert set(checksums(other)) == set(checksums(first))
+    differing = {rel for rel, sha in checksums(other).items() if checksums(first)[rel] != sha}
+    assert differing == {rel for rel in checksums(first) if not rel.startswith("id_maps/")}
+
+
+def test_shapes_ids_and_manifest(small):
+    url, manifest = small
+    ds = Dataset(url)
+    assert (ds.num_users, ds.num_items) == (300, 400)
+    assert set(ds.modalities) == {"text", "visual"}
+    for name in ("text", "visual"):
+        features = ds.item_features(name)
+        assert features.shape == (400, 64) and features.dtype == np.float32
+        assert np.isfinite(features).all()
+    assert len(ds.artifact.files("interactions/")) == 3
+    assert ds.original_ids("user")[123] == "u000123"
+    assert ds.original_ids("item")[45] == "i000045"
+    assert manifest["cold_items"] == 20 and "item_id >= num_items - cold_items" in manifest["cold_item_rule"]
+    assert manifest["users_without_train"] == 0
+    assert manifest["source"]["seed"] == 0 and manifest["source"]["format"] == "synthetic"
+
+
+def test_split_rules_no_duplicates_cold_items_only_in_eval(small):
+    url, manifest = small
+    ds = Dataset(url)
+    rows = ds.interactions()
+    users, items, split = rows["user_id"], rows["item_id"], rows["split"]
+    keys = users * ds.num_items + items
+    assert np.unique(keys).size == keys.size
+    cold = items >= ds.num_items - manifest["cold_items"]
+    assert not cold[split == 0].any()
+    assert cold[split > 0].any()                   # cold items do show up for evaluation
+    per_user = np.zeros((ds.num_users, 3), dtype=int)
+    np.add.at(per_user, (users, split), 1)
+    assert (per_user[:, 0] >= 1).all()
+    n = per_user.sum(1)
+    expected_eval = np.where(n >= 10, n // 10, np.where(n >= 3, 1, 0))
+    np.testing.assert_array_equal(per_user[:, 1], expected_eval)
+    np.testing.assert_array_equal(per_user[:, 2], expected_eval)
+    assert 10 < n.mean() < 30
+    assert manifest["splits"]["train"] == int((split == 0).sum())
+
+
+def test_topic_map_is_a_bijection():
+    model = PlantedModel.create(3, 1000, 7, 50, {"text": 4, "visual": 4})
+    topic, rank = model.topic_and_rank(np.arange(1000))
+    np.testing.assert_array_equal(model.item_at(topic, rank), np.arange(1000))
+    np.testing.assert_array_equal(np.bincount(topic), model.topic_size(np.arange(7)))
+    assert (rank < model.topic_size(topic)).all()
+
+
+def test_modalities_carry_the_planted_topics(tmp_path):
+    manifest = generate_synthetic(str(tmp_path / "d"), users=200, items=3000, topics=10, seed=5)
+    ds = Dataset(str(tmp_path / "d"))
+    topic, _ = planted(manifest).topic_and_rank(np.arange(ds.num_items))
+    rng = np.random.default_rng(0)
+    left = rng.integers(0, ds.num_items, 3000)
+    same = np.array([rng.choice(np.nonzero(topic == topic[i])[0]) for i in left])
+    other = rng.integers(0, ds.num_items, 3000)
+    for name in ("text", "visual"):
+        x = ds.item_features(name)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        same_cos = (x[left] * x[same]).sum(1).mean()
+        random_cos = (x[left] * x[other]).sum(1).mean()
+        assert same_cos > random_cos + 0.2, (name, same_cos, random_cos)
+
+
+def test_content_beats_popularity_and_reaches_cold_items(tmp_path):
+    """The point of the generator: modalities help, and they are the only way to cold items."""
+    manifest = generate_synthetic(str(tmp_path / "d"), users=800, items=1500, topics=32, seed=2)
+    ds = Dataset(str(tmp_path / "d"))
+    train, test = ds.interactions("train"), ds.interactions("test")
+    popularity = np.bincount(train["item_id"], minlength=ds.num_items).astype(float)
+    x = ds.item_features("text") + 0.0
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    profile = np.zeros((ds.num_users, x.shape[1]))
+    np.add.at(profile, train["user_id"], x[train["item_id"]])
+    cold = np.arange(ds.num_items) >= ds.num_items - manifest["cold_items"]
+    hits = {"popularity": 0, "content": 0, "content_cold": 0}
+    for user in range(ds.num_users):
+        seen = train["item_id"][train["user_id"] == user]
+        truth = test["item_id"][test["user_id"] == user]
+        for model, scores in (("popularity", popularity.copy()), ("content", x @ profile[user])):
+            scores[seen] = -np.inf
+            top = np.argpartition(-scores, 20)[:20]
+            hits[model] += np.isin(truth, top).sum()
+            if model == "content":
+                hits["content_cold"] += np.isin(truth[cold[truth]], top).sum()
+    assert hits["content"] > 1.3 * hits["popularity"], hits
+    assert hits["content_cold"] > 0, hits     # popularity (any ID-only model) scores no cold item
+
+
+def test_cli_and_bad_arguments(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    assert main(["prepare", "synthetic", "--users", "50", "--items", "80", "--seed", "3", "--out", out]) == 0
+    assert Dataset(out).num_users == 50
+    assert main(["prepare", "synthetic", "--users", "50", "--items", "80", "--out", out]) == 2
+    assert "already exists" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="topics"):
+        generate_synthetic(str(tmp_path / "bad"), users=10, items=5, topics=8)
+    with pytest.raises(ValueError, match="cold_item_fraction"):
+        generate_synthetic(str(tmp_path / "bad"), users=10, items=50, cold_item_fraction=0.9)
+
+
+def test_tiny_catalogue_still_gives_every_user_train(tmp_path):
+    manifest = generate_synthetic(str(tmp_path / "t"), users=60, items=6, topics=2,
+                                  cold_item_fraction=0.5, seed=4)
+    assert manifest["users_without_train"] == 0
+    rows = Dataset(str(tmp_path / "t")).interactions()
+    assert not (rows["item_id"][rows["split"] == 0] >= 3).any()
