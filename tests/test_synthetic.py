@@ -142,3 +142,23 @@ def test_tiny_catalogue_still_gives_every_user_train(tmp_path):
     assert manifest["users_without_train"] == 0
     rows = Dataset(str(tmp_path / "t")).interactions()
     assert not (rows["item_id"][rows["split"] == 0] >= 3).any()
+
+
+def test_user_text_features_point_at_the_users_items(tmp_path):
+    """User LM features share the item text space: a user is closer to items they interacted with."""
+    from recgoat_dist.data.dataset import Dataset
+    from recgoat_dist.data.synthetic import generate_synthetic
+
+    generate_synthetic(str(tmp_path / "d"), users=400, items=600, seed=5)
+    ds = Dataset(str(tmp_path / "d"))
+    assert ds.user_modalities["text"]["dim"] == 64
+    users, items = ds.user_features("text"), ds.item_features("text")
+    users /= np.linalg.norm(users, axis=1, keepdims=True)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    train = ds.interactions("train")
+    own = np.einsum("nd,nd->n", users[train["user_id"]], items[train["item_id"]]).mean()
+    rng = np.random.default_rng(0)
+    other = np.einsum("nd,nd->n", users[train["user_id"]], items[rng.permutation(train["item_id"])]).mean()
+    assert own > other + 0.1, (own, other)
+    generate_synthetic(str(tmp_path / "e"), users=400, items=600, seed=5, user_text=False)
+    assert Dataset(str(tmp_path / "e")).user_modalities == {}

@@ -16,6 +16,9 @@ The model (all of it determined by ``seed``):
   probability of an item is preference(topic) x power-law popularity(rank). The number of
   interactions of a user is log-normal with mean ``interactions_per_user`` (at least 3, at most
   half the warm catalogue); repeated draws of an item count once.
+* **User LM features** (user modality ``text``): the ``text`` view network applied to the user's
+  preference latent ``sum_f w_f c_f`` plus noise, standing in for an LM encoding of the user's
+  behaviour prompt.
 * **Split.** Per user and seeded, the rule of :mod:`recgoat_dist.data.generic`: ``n >= 10`` gives
   ``n//10`` valid, ``n//10`` test, the rest train; ``3 <= n < 10`` gives ``n-2 / 1 / 1``.
 * **Cold items** are ``item_id >= num_items - cold_items`` (recorded in the manifest as
@@ -64,7 +67,8 @@ COUNT_SIGMA = 0.8                 # log-normal spread of interactions per user
 MIN_INTERACTIONS = 3
 POOL_FACTOR, POOL_EXTRA = 2.0, 8  # draws per user: enough distinct warm items after de-duplication
 T0, TIME_SPAN = 1_577_836_800, 2 * 365 * 86_400   # timestamps: 2020-01-01 + up to two years
-_MODEL, _ITEMS, _USERS = 0, 1, 2  # RNG streams
+USER_TEXT_NOISE = 0.3
+_MODEL, _ITEMS, _USERS, _USER_TEXT = 0, 1, 2, 3  # RNG streams
 
 
 @dataclass(frozen=True)
@@ -144,8 +148,21 @@ class PlantedModel:
             x = (1.0 + u * (top ** (1.0 - s) - 1.0)) ** (1.0 / (1.0 - s))
         return np.clip(np.floor(x).astype(np.int64) - 1, 0, size - 1)
 
-    def user_interactions(self, block: int, start: int, stop: int, mean_count: float) -> pa.Table:
-        """Interactions of users ``start..stop`` (user block ``block``), sorted by user and time."""
+    def user_text(self, block: int, latent: np.ndarray) -> np.ndarray:
+        """User LM features: the *text* view network applied to the user's preference latent.
+
+        Item and user text then live in one space, as when one language model encodes item
+        descriptions and user behaviour prompts alike. Own RNG stream: adding user features does
+        not change items or interactions.
+        """
+        rng = np.random.default_rng([self.seed, _USER_TEXT, block])
+        w1, b1, w2 = self.views["text"]
+        x = np.tanh(latent @ w1 + b1) @ w2
+        return x + USER_TEXT_NOISE * rng.standard_normal(x.shape, dtype=np.float32)
+
+    def user_interactions(self, block: int, start: int, stop: int, mean_count: float) -> tuple[pa.Table, np.ndarray]:
+        """Interactions of users ``start..stop`` (user block ``block``), sorted by user and time,
+        and the users' preference latents (m, LATENT_DIM): the preference-weighted topic centres."""
         rng = np.random.default_rng([self.seed, _USERS, block])
         m = stop - start
         warm = self.num_items - self.cold_items
@@ -154,6 +171,7 @@ class PlantedModel:
                          max(MIN_INTERACTIONS, warm // 2)).astype(np.int64)
         favourites = rng.integers(0, self.topics, (m, FAVOURITE_TOPICS))
         weights = rng.dirichlet(np.ones(FAVOURITE_TOPICS), m)
+        latent = np.einsum("uf,ufl->ul", weights, self.centres[favourites]).astype(np.float32)
 
         # Draw a pool per user: topic ~ preference, rank ~ Zipf within the topic.
         pool = np.ceil(POOL_FACTOR * counts).astype(np.int64) + POOL_EXTRA
@@ -221,7 +239,7 @@ class PlantedModel:
             "rating": pa.array(np.ones(owner.size, dtype=np.float32)),
             "timestamp": pa.array(timestamp[order]),
             "split": pa.array(split[order]),
-        })
+        }), latent
 
     def _repair(self, items: np.ndarray, favourite: int, rng: np.random.Generator):
         """Re-split one user whose cold draws could not all be replaced by warm ones.
@@ -278,8 +296,9 @@ def _original_ids(prefix: str, n: int):
 def generate_synthetic(out: str, users: int, items: int, seed: int = 0, *, text_dim: int = 64,
                        visual_dim: int = 64, topics: int = 32, interactions_per_user: float = 20.0,
                        cold_item_fraction: float = 0.05, chunk_users: int = 50_000,
-                       overwrite: bool = False) -> dict:
-    """Write a synthetic dataset (item modalities ``text`` and ``visual``) to ``out``; returns the manifest.
+                       user_text: bool = True, overwrite: bool = False) -> dict:
+    """Write a synthetic dataset (item modalities ``text`` and ``visual``; user modality ``text``
+    unless ``user_text=False``) to ``out``; returns the manifest.
 
     See the module docstring for the generative model. Original ids are ``u000123`` / ``i000045``.
     """
@@ -293,7 +312,8 @@ def generate_synthetic(out: str, users: int, items: int, seed: int = 0, *, text_
               "cold_item_fraction": cold_item_fraction, "chunk_users": chunk_users,
               "item_chunk": ITEM_CHUNK, "favourite_topics": FAVOURITE_TOPICS, "explore": EXPLORE,
               "popularity_exponent": POPULARITY_EXPONENT, "latent_dim": LATENT_DIM,
-              "latent_noise": LATENT_NOISE, "view_noise": dict(VIEW_NOISE)}
+              "latent_noise": LATENT_NOISE, "view_noise": dict(VIEW_NOISE),
+              "user_text": user_text, "user_text_noise": USER_TEXT_NOISE}
     with DatasetWriter(out, users, items, source=f"synthetic(seed={seed})", overwrite=overwrite) as writer:
         blocks = list(chunk_ranges(items, ITEM_CHUNK))
         for block, (start, stop) in enumerate(tqdm(blocks, desc="item features", unit="chunk", mininterval=2)):
@@ -305,8 +325,10 @@ def generate_synthetic(out: str, users: int, items: int, seed: int = 0, *, text_
         rows = 0
         blocks = list(chunk_ranges(users, chunk_users))
         for block, (start, stop) in enumerate(tqdm(blocks, desc="interactions", unit="chunk", mininterval=2)):
-            table = model.user_interactions(block, start, stop, interactions_per_user)
+            table, latent = model.user_interactions(block, start, stop, interactions_per_user)
             writer.add_interactions(table, first_row=rows)
+            if user_text:
+                writer.add_features("user", "text", start, model.user_text(block, latent))
             rows += table.num_rows
         t2 = time.perf_counter()
         logger.info("wrote %d interactions of %d users in %.1f s", rows, users, t2 - t1)
