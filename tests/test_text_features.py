@@ -24,7 +24,7 @@ GENRES = ["heavy metal, loud guitars", "death metal, growling vocals", "baroque 
 @pytest.fixture
 def dataset(tmp_path) -> str:
     url = str(tmp_path / "dataset")
-    generate_synthetic(url, users=40, items=30, topics=3, seed=0)
+    generate_synthetic(url, users=40, items=30, topics=3, seed=0, user_text=False)
     return url
 
 
