@@ -47,13 +47,17 @@ class ModelConfig:
     gat_layers: int = 1
     gat_heads: int = 2
     dropout: float = 0.0
-    reg_weight: float = 1e-4           # L2 on the batch's ego embeddings
+    reg_weight: float = 1e-4           # L2 on the batch's ego embeddings (MMRec's EmbLoss)
     lambda_cmcl: float = 0.01
     lambda_oat: float = 0.01
     temperature: float = 0.2           # CMCL InfoNCE temperature
     ot_eps: float = 0.1                # Sinkhorn entropic regularisation
     num_landmarks: int = 256           # OAT landmark ID embeddings for full-catalog inference
     user_lm_weight: float = 0.5        # blend of the user LM stream into the user representation
+    modalities: Optional[list] = None  # item modalities to use (default: every one with a knn graph)
+    user_modality: Optional[str] = None  # user LM modality (default: "text", else the only one)
+    cmcl_batch: int = 256              # CMCL on at most this many of a batch's items / users (0: all)
+    ot_batch: int = 256                # Sinkhorn (OAT loss, potentials) on at most this many batch items
 
 
 @dataclass
@@ -63,9 +67,16 @@ class TrainConfig:
     patience: int = 20                 # early stopping on validation Recall@20
     batch_size: int = 2048
     lr: float = 1e-3
+    weight_decay: float = 0.0          # Adam weight decay (MMRec default 0)
     eval_every: int = 1
     device: str = "auto"               # auto | cpu | cuda
     topk: list = field(default_factory=lambda: [5, 10, 20, 50])
+    valid_metric: str = "recall@20"    # early stopping and best-epoch selection
+    negatives: str = "train_items"     # train_items (MMRec: items seen in training) | all
+    eval_user_block: int = 1024        # users scored at once in evaluation
+    eval_item_block: int = 65536       # items scored at once in evaluation
+    resume: bool = False               # continue from <out>/checkpoints/last.pt
+    progress: bool = True              # per-epoch progress bar
 
 
 @dataclass
@@ -144,6 +155,48 @@ def parse_override(text: str) -> dict:
     return value
 
 
+CHOICES = {
+    ("model", "name"): ("recgoat", "lightgcn", "no_oat", "no_cmcl", "no_gat", "no_user_graph"),
+    ("train", "device"): ("auto", "cpu", "cuda"),
+    ("train", "negatives"): ("train_items", "all"),
+}
+POSITIVE = [("model", "dim"), ("train", "epochs"), ("train", "batch_size"), ("train", "eval_every"),
+            ("train", "eval_user_block"), ("train", "eval_item_block"), ("model", "gat_heads")]
+
+
+def validate(config: Config) -> Config:
+    """Values outside their allowed set or range are errors naming the key."""
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(config, section), key)
+        if value not in allowed:
+            raise ConfigError(f"config key {section}.{key}: {value!r} is not one of {', '.join(allowed)}")
+    for section, key in POSITIVE:
+        if getattr(getattr(config, section), key) < 1:
+            raise ConfigError(f"config key {section}.{key}: must be >= 1")
+    for key in ("n_layers", "gat_layers"):
+        if getattr(config.model, key) < 0:
+            raise ConfigError(f"config key model.{key}: must be >= 0")
+    if config.model.dim % config.model.gat_heads:
+        raise ConfigError(f"config key model.gat_heads: must divide model.dim ({config.model.dim})")
+    if config.train.patience < 0:
+        raise ConfigError("config key train.patience: must be >= 0")
+    topk = config.train.topk
+    if not topk or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in topk):
+        raise ConfigError(f"config key train.topk: expected a list of positive integers, got {topk!r}")
+    metric, _, k = config.train.valid_metric.partition("@")
+    if metric not in ("recall", "ndcg", "precision", "map") or not k.isdigit() or int(k) not in topk:
+        raise ConfigError(f"config key train.valid_metric: {config.train.valid_metric!r} must be "
+                          f"recall|ndcg|precision|map@K with K in train.topk {topk}")
+    return config
+
+
+def config_from_dict(values: dict) -> Config:
+    """A :class:`Config` from a (possibly partial) nested dict, e.g. a run's saved ``config.yaml``."""
+    config = Config()
+    _merge(config, values or {})
+    return validate(config)
+
+
 def load_config(path: Optional[str] = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file at ``path`` (any fsspec URL), then ``--set`` overrides."""
     config = Config()
@@ -153,4 +206,4 @@ def load_config(path: Optional[str] = None, overrides: list[str] | None = None) 
         _merge(config, loaded)
     for text in overrides or []:
         _merge(config, parse_override(text))
-    return config
+    return validate(config)

@@ -1,0 +1,247 @@
+"""RecGOAT: LightGCN ID stream + LM/content streams, aligned by CMCL and fused by optimal transport.
+
+    items:  e_i = lightgcn_i + sum_m gamma_m * T_m(gat_m(proj_m(x_i^m)))     (T_m: OAT transport)
+    users:  e_u = lightgcn_u + w * gat_uu(proj_u(x_u^LM))                    (w: model.user_lm_weight)
+    score:  s(u, i) = <e_u, e_i>
+    loss:   BPR + reg_weight * L2(batch ego embeddings) + lambda_cmcl * CMCL + lambda_oat * OAT
+
+``forward`` runs every stream on a list of graphs (the full heterograph repeated, or the sampled
+blocks of a mini-batch) and returns per-stream representations of the output nodes; ``loss``
+indexes them with positions of the batch's users and items among the output nodes;
+``final_embeddings`` turns full-graph representations into the vectors that are ranked.
+
+Variants (``model.name``): ``recgoat``; ``lightgcn`` (ID stream only); ``no_oat`` (modality parts
+added with learned weights, no transport); ``no_cmcl``; ``no_gat`` (content streams without graph
+attention, items and users); ``no_user_graph`` (user LM stream without the user-user graph).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+import dgl
+import torch
+from torch import nn
+
+from recgoat_dist.model.lightgcn import LightGCN, bpr_loss, embedding_l2
+from recgoat_dist.model.streams import FeatureStream
+
+VARIANTS: dict[str, dict[str, bool]] = {
+    #               item streams, item GAT, user stream, user GAT, OAT, CMCL
+    "recgoat":       dict(items=True, item_gat=True, user=True, user_gat=True, oat=True, cmcl=True),
+    "lightgcn":      dict(items=False, item_gat=False, user=False, user_gat=False, oat=False, cmcl=False),
+    "no_oat":        dict(items=True, item_gat=True, user=True, user_gat=True, oat=False, cmcl=True),
+    "no_cmcl":       dict(items=True, item_gat=True, user=True, user_gat=True, oat=True, cmcl=False),
+    "no_gat":        dict(items=True, item_gat=False, user=True, user_gat=False, oat=True, cmcl=True),
+    "no_user_graph": dict(items=True, item_gat=True, user=True, user_gat=False, oat=True, cmcl=True),
+}
+
+
+@dataclass
+class Representations:
+    """Per-stream representations of the output nodes of one forward pass."""
+
+    user_id: torch.Tensor                 # (n_users_out, d) LightGCN
+    item_id: torch.Tensor                 # (n_items_out, d) LightGCN
+    user_ego: torch.Tensor                # (n_users_out, d) layer-0 ID embeddings
+    item_ego: torch.Tensor
+    item_modal: dict[str, torch.Tensor] = field(default_factory=dict)   # modality -> (n_items_out, d)
+    user_lm: Optional[torch.Tensor] = None                              # (n_users_out, d)
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    parts: dict[str, float]               # bpr, reg, cmcl, oat (already weighted), for logging
+
+
+class RecGOAT(nn.Module):
+    """All variants of the model; which streams exist is fixed at construction by ``name``."""
+
+    def __init__(self, num_users: int, num_items: int, item_feature_dims: Mapping[str, int],
+                 user_feature_dim: Optional[int] = None, name: str = "recgoat", dim: int = 64,
+                 n_layers: int = 3, gat_layers: int = 1, gat_heads: int = 2, dropout: float = 0.0,
+                 reg_weight: float = 1e-4, lambda_cmcl: float = 0.01, lambda_oat: float = 0.01,
+                 temperature: float = 0.2, ot_eps: float = 0.1, num_landmarks: int = 256,
+                 user_lm_weight: float = 0.5, cmcl_batch: int = 256, ot_batch: int = 256):
+        super().__init__()
+        if name not in VARIANTS:
+            raise ValueError(f"unknown model {name!r}; choose one of {sorted(VARIANTS)}")
+        self.name, self.flags = name, VARIANTS[name]
+        self.num_users, self.num_items = num_users, num_items
+        self.reg_weight, self.temperature = reg_weight, temperature
+        self.lambda_cmcl = lambda_cmcl if self.flags["cmcl"] else 0.0
+        self.lambda_oat = lambda_oat if self.flags["oat"] else 0.0
+        self.user_lm_weight, self.num_landmarks = user_lm_weight, num_landmarks
+        self.cmcl_batch, self.ot_batch = cmcl_batch, ot_batch
+        self.id = LightGCN(num_users, num_items, dim, n_layers)
+        modalities = sorted(item_feature_dims) if self.flags["items"] else []
+        self.item_streams = nn.ModuleDict({
+            m: FeatureStream(item_feature_dims[m], dim, f"knn_{m}", "item",
+                             gat_layers if self.flags["item_gat"] else 0, gat_heads, dropout)
+            for m in modalities})
+        self.user_stream = None
+        if self.flags["user"] and user_feature_dim:
+            self.user_stream = FeatureStream(user_feature_dim, dim, "uu", "user",
+                                             gat_layers if self.flags["user_gat"] else 0, gat_heads, dropout)
+        self.oat = None
+        self.gamma = None
+        if modalities and self.flags["oat"]:
+            from recgoat_dist.ot import OAT
+            self.oat = OAT(modalities, dim, eps=ot_eps, num_landmarks=num_landmarks)
+        elif modalities:
+            self.gamma = nn.ParameterDict({m: nn.Parameter(torch.tensor(1.0 / len(modalities)))
+                                           for m in modalities})
+        # Landmarks: item ids whose current ID representations are the OAT targets. Chosen on first
+        # use (k-means++ over the items' ID representations) and re-chosen by refresh_landmarks.
+        self.register_buffer("landmark_idx", torch.zeros(0, dtype=torch.long))
+        self._register_load_state_dict_pre_hook(self._resize_landmark_buffers)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.item_streams)
+
+    @property
+    def num_graph_layers(self) -> int:
+        """How many graphs/blocks ``forward`` needs."""
+        streams = [s for s in (*self.item_streams.values(), self.user_stream) if s is not None]
+        return max([self.id.n_layers, 1] + [len(s.gats) for s in streams])
+
+    def forward(self, blocks: Sequence[dgl.DGLGraph], input_nodes: Mapping[str, torch.Tensor],
+                item_feats: Mapping[str, torch.Tensor] | None = None,
+                user_feats: Optional[torch.Tensor] = None) -> Representations:
+        """``item_feats[m]`` / ``user_feats``: content features of the input items / users."""
+        final, ego = self.id(blocks, input_nodes)
+        reps = Representations(final["user"], final["item"], ego["user"], ego["item"])
+        for m, stream in self.item_streams.items():
+            reps.item_modal[m] = stream(blocks, item_feats[m])
+        if self.user_stream is not None:
+            reps.user_lm = self.user_stream(blocks, user_feats)
+        return reps
+
+    # ---- representations that are scored ------------------------------------------------------
+    def user_vectors(self, reps: Representations, users: torch.Tensor) -> torch.Tensor:
+        u = reps.user_id[users]
+        if reps.user_lm is not None:
+            u = u + self.user_lm_weight * reps.user_lm[users]
+        return u
+
+    def landmarks(self, reps: Representations) -> Optional[torch.Tensor]:
+        """Landmark ID embeddings (L, d) the modality parts are transported onto (OAT only).
+
+        ``landmark_idx`` indexes ``reps.item_id``: item ids when ``reps`` covers every item (a
+        full-graph forward). With sampled blocks pass landmarks to :meth:`loss` explicitly.
+        """
+        if self.oat is None:
+            return None
+        if len(self.landmark_idx) == 0:
+            self.refresh_landmarks(reps)
+        return reps.item_id[self.landmark_idx]
+
+    @torch.no_grad()
+    def refresh_landmarks(self, reps: Representations) -> None:
+        """(Re-)pick the landmark items by k-means++ seeding on the items' ID representations."""
+        if self.oat is not None:
+            from recgoat_dist.ot import select_landmarks
+            self.landmark_idx = select_landmarks(reps.item_id, self.num_landmarks).to(self.landmark_idx.device)
+
+    def _resize_landmark_buffers(self, state_dict, prefix, *args) -> None:
+        # Landmark buffers take their size from the data (at most num_landmarks, at most the
+        # number of items): adopt the checkpoint's sizes before loading into them.
+        key = prefix + "landmark_idx"
+        if key in state_dict:
+            self.landmark_idx = torch.empty_like(state_dict[key])
+        key = prefix + "oat.landmark_potentials"
+        if self.oat is not None and key in state_dict:
+            self.oat.landmark_potentials = torch.empty_like(state_dict[key])
+
+    def item_vectors(self, reps: Representations, items: torch.Tensor,
+                     landmarks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(fused item vectors, OAT loss)`` for ``items`` (positions among output items)."""
+        base = reps.item_id[items]
+        zero = base.new_zeros(())
+        if not self.item_streams:
+            return base, zero
+        if self.oat is None:
+            return base + sum(self.gamma[m] * reps.item_modal[m][items] for m in self.modalities), zero
+        unique, inverse = torch.unique(items, return_inverse=True)   # transport each item once
+        modal = {m: reps.item_modal[m][unique] for m in self.modalities}
+        # Sinkhorn (the OAT loss, and the landmark potentials it stores) on a sample of the batch;
+        # the learned entropic map then transports every batch item with those potentials.
+        sample = _subsample(len(unique), self.ot_batch)
+        out = self.oat({m: x[sample] for m, x in modal.items()}, reps.item_id[unique][sample], landmarks=landmarks)
+        transported = {m: self.oat.transport(m, x, landmarks) for m, x in modal.items()}
+        return self.oat.fuse(reps.item_id[unique], transported)[inverse], out.loss
+
+    @torch.no_grad()
+    def final_embeddings(self, reps: Representations, batch_size: int = 65536
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(users (U, d), items (I, d))`` to rank with, from a full-graph forward pass."""
+        users = self.user_vectors(reps, torch.arange(reps.user_id.shape[0]))
+        items = reps.item_id
+        if self.oat is not None:
+            landmarks = self.landmarks(reps)
+            if not bool(self.oat.potentials_ready.all()):      # never trained: solve once here
+                self.oat.fit_potentials(reps.item_modal, landmarks)
+            gamma = self.oat.gamma()
+            items = items + sum(gamma[m] * self.oat.transport(m, reps.item_modal[m], landmarks, batch_size)
+                                for m in self.modalities)
+        elif self.gamma is not None:
+            items = items + sum(self.gamma[m] * reps.item_modal[m] for m in self.modalities)
+        return users, items
+
+    # ---- objective ----------------------------------------------------------------------------
+    def loss(self, reps: Representations, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+             landmarks: Optional[torch.Tensor] = None) -> LossParts:
+        """BPR + L2 on the batch's ego embeddings + weighted CMCL and OAT terms.
+
+        ``users``, ``pos``, ``neg``: positions among the output users / items of ``reps``.
+        ``landmarks``: OAT targets (L, d); by default the landmark items of a full-graph ``reps``.
+        On sampled blocks, add ``self.landmark_idx`` to the seed items and pass their rows of
+        ``reps.item_id`` here, so training and full-catalog inference share one definition.
+        """
+        if self.oat is not None and landmarks is None:
+            landmarks = self.landmarks(reps)
+        items = torch.cat([pos, neg])
+        item_vec, oat = self.item_vectors(reps, items, landmarks)
+        u = self.user_vectors(reps, users)
+        p, n = item_vec[:len(pos)], item_vec[len(pos):]
+        bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+        reg = self.reg_weight * embedding_l2(reps.user_ego[users], reps.item_ego[pos], reps.item_ego[neg])
+        cmcl = self.lambda_cmcl * self.cmcl(reps, users, items) if self.lambda_cmcl else bpr.new_zeros(())
+        oat = self.lambda_oat * oat
+        total = bpr + reg + cmcl + oat
+        return LossParts(total, {"bpr": float(bpr), "reg": float(reg), "cmcl": float(cmcl), "oat": float(oat)})
+
+    def cmcl(self, reps: Representations, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Cross-modal contrastive loss between the ID view and each content view of the batch."""
+        from recgoat_dist.ot import cmcl_loss
+        items = torch.unique(items)
+        items = items[_subsample(len(items), self.cmcl_batch)]
+        loss = reps.item_id.new_zeros(())
+        if self.item_streams:
+            views = [reps.item_id[items]] + [reps.item_modal[m][items] for m in self.modalities]
+            loss = loss + cmcl_loss(views, temperature=self.temperature)
+        if reps.user_lm is not None:
+            users = torch.unique(users)
+            users = users[_subsample(len(users), self.cmcl_batch)]
+            loss = loss + cmcl_loss([reps.user_id[users], reps.user_lm[users]], temperature=self.temperature)
+        return loss
+
+
+def _subsample(n: int, size: int) -> torch.Tensor | slice:
+    """A uniform sample of ``size`` positions out of ``n`` (all when ``n <= size`` or size is 0)."""
+    if size <= 0 or n <= size:
+        return slice(None)
+    return torch.randperm(n)[:size]
+
+
+def build_model(model_config, num_users: int, num_items: int, item_feature_dims: Mapping[str, int],
+                user_feature_dim: Optional[int] = None) -> RecGOAT:
+    """The model named by a :class:`recgoat_dist.config.ModelConfig`."""
+    c = model_config
+    return RecGOAT(num_users, num_items, item_feature_dims, user_feature_dim, name=c.name, dim=c.dim,
+                   n_layers=c.n_layers, gat_layers=c.gat_layers, gat_heads=c.gat_heads, dropout=c.dropout,
+                   reg_weight=c.reg_weight, lambda_cmcl=c.lambda_cmcl, lambda_oat=c.lambda_oat,
+                   temperature=c.temperature, ot_eps=c.ot_eps, num_landmarks=c.num_landmarks,
+                   user_lm_weight=c.user_lm_weight, cmcl_batch=c.cmcl_batch, ot_batch=c.ot_batch)

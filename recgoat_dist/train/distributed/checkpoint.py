@@ -1,0 +1,101 @@
+"""Checkpoints of a distributed run, through Ray Train (local or ``s3://`` storage).
+
+One checkpoint directory per epoch, written by all ranks together (Ray Train merges the files the
+ranks report under the same ``checkpoint_dir_name``):
+
+* ``dense.pt`` (rank 0): dense model and optimiser state, epoch, training history;
+* ``rank<r>.pt`` (every rank): the rows of the user/item ``DistEmbedding`` tables that partition
+  ``r`` owns, the sparse optimiser's state for those rows (DGL's ``local_state_dict``), and the
+  rank's RNG states.
+
+Resuming (after a worker failure, or by re-running with the same output URL) restores all of it
+and continues from the epoch after the saved one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+DENSE = "dense.pt"
+
+
+def _rank_file(rank: int) -> str:
+    return f"rank{rank}.pt"
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def save(directory: str, rank: int, partition_nodes: dict, tables, dense, dense_optimizer,
+         epoch: int, history: list) -> None:
+    """Write this rank's share of the checkpoint into ``directory`` (a local temp dir)."""
+    shard = {
+        "epoch": epoch,
+        "tables": {nt: {"ids": ids, "rows": tables.tables[nt].weight[ids]}
+                   for nt, ids in partition_nodes.items()},
+        "sparse_optimizer": tables.optimizer.local_state_dict(),
+        "rng": rng_state(),
+    }
+    torch.save(shard, os.path.join(directory, _rank_file(rank)))
+    if rank == 0:
+        torch.save({"epoch": epoch, "model": dense.state_dict(),
+                    "optimizer": dense_optimizer.state_dict(), "history": history},
+                   os.path.join(directory, DENSE))
+
+
+def load(checkpoint, rank: int, tables, dense, dense_optimizer) -> tuple[int, list]:
+    """Restore from a Ray ``Checkpoint``; returns ``(next epoch, history)``. Collective."""
+    with _fetch(checkpoint, [DENSE, _rank_file(rank)]) as directory:
+        state = torch.load(os.path.join(directory, DENSE), weights_only=False)
+        shard = torch.load(os.path.join(directory, _rank_file(rank)), weights_only=False)
+    dense.load_state_dict(state["model"])
+    dense_optimizer.load_state_dict(state["optimizer"])
+    for nt, saved in shard["tables"].items():
+        tables.tables[nt].weight[saved["ids"]] = saved["rows"]
+    tables.optimizer.load_local_state_dict(shard["sparse_optimizer"])
+    set_rng_state(shard["rng"])
+    return int(state["epoch"]) + 1, list(state["history"])
+
+
+class _fetch:
+    """Download only the named files of a checkpoint (not every rank's shard) to a temp dir."""
+
+    def __init__(self, checkpoint, names: list[str]):
+        self.checkpoint, self.names = checkpoint, names
+
+    def __enter__(self) -> str:
+        import pyarrow.fs as pafs
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="recgoat-ckpt-")
+        fs, root = self.checkpoint.filesystem, self.checkpoint.path
+        for name in self.names:
+            pafs.copy_files(f"{root}/{name}", os.path.join(self._tmp.name, name),
+                            source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+        return self._tmp.name
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+
+def report(metrics: dict, epoch: int, write: Optional[Any] = None) -> None:
+    """``ray.train.report`` with this rank's checkpoint files (every rank calls it each epoch)."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="recgoat-ckpt-") as directory:
+        if write is not None:
+            write(directory)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"epoch_{epoch:04d}")

@@ -1,0 +1,168 @@
+"""The model on a distributed graph: ``recgoat_dist.model.RecGOAT`` with its ID tables on the servers.
+
+Sparse and dense parameters are kept apart on purpose. The user and item ID tables live on the
+DGL servers (``DistEmbedding``, one shard per partition) and are updated row-wise by DGL's
+``SparseAdam`` from the rows a batch touched, so no embedding table is ever all-reduced. The rest
+of the model (projections, GAT, OAT, gammas) is the unchanged ``RecGOAT`` module wrapped in DDP:
+only its LightGCN stream's ``ego`` lookup is redirected to the distributed tables.
+
+What a sampled block cannot know by itself is pulled from the servers: each node's training degree
+(LightGCN's normalisation, ``ndata["deg"]``) and its content features, standardised with
+statistics all-reduced over the partitions (the single-process trainer standardises each column
+over all nodes; so do we, without any worker holding all rows).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import dgl
+import torch
+from torch import nn
+
+from recgoat_dist.model import DEGREE_KEY, LightGCN, build_model
+
+NTYPES = ("user", "item")
+RATES = ("user", "rates", "item")
+RATED_BY = ("item", "rated_by", "user")
+
+
+def init_id_embedding(shape, dtype):
+    """``DistEmbedding`` initialiser (module level: DGL pickles it to the servers); Xavier-like."""
+    bound = (6.0 / (shape[0] + shape[1])) ** 0.5 if len(shape) == 2 else 0.1
+    return torch.empty(shape, dtype=dtype).uniform_(-bound, bound)
+
+
+def init_zeros(shape, dtype):
+    return torch.zeros(shape, dtype=dtype)
+
+
+class SparseTables:
+    """The user and item ID tables on the DGL servers, with DGL's sparse Adam."""
+
+    def __init__(self, graph, dim: int, lr: float):
+        from dgl.distributed import DistEmbedding
+        from dgl.distributed.optim import SparseAdam
+
+        self.tables = {nt: DistEmbedding(graph.num_nodes(nt), dim, name=f"{nt}_id",
+                                         init_func=init_id_embedding,
+                                         part_policy=graph.get_node_partition_policy(nt))
+                       for nt in NTYPES}
+        self.optimizer = SparseAdam(list(self.tables.values()), lr=lr)
+
+    def lookup(self, nodes: dict) -> dict[str, torch.Tensor]:
+        return {nt: self.tables[nt](nodes[nt]) for nt in NTYPES}
+
+
+class DistIdStream(LightGCN):
+    """LightGCN whose layer-0 rows come from the ``DistEmbedding`` tables instead of parameters."""
+
+    def __init__(self, tables: SparseTables, n_layers: int):
+        nn.Module.__init__(self)
+        self.n_layers = n_layers
+        self._tables = tables           # not a submodule: DDP must not see the tables
+
+    def ego(self, input_nodes):
+        return self._tables.lookup(input_nodes)
+
+
+class NodeInputs:
+    """Per-node data a block needs, pulled from the servers: degrees and standardised features."""
+
+    def __init__(self, graph, own: dict, item_modalities: list[str], user_modality: Optional[str]):
+        from dgl.distributed import DistTensor
+        import torch.distributed as dist
+
+        self.graph = graph
+        self.item_modalities, self.user_modality = item_modalities, user_modality
+        # Training degree (rates edges) of every node, computed by the owner partition.
+        self.degree = {nt: DistTensor((graph.num_nodes(nt),), torch.float32, name=f"deg_{nt}",
+                                      init_func=init_zeros, part_policy=graph.get_node_partition_policy(nt),
+                                      persistent=True) for nt in NTYPES}
+        for nt, etype in (("user", RATED_BY), ("item", RATES)):
+            self.degree[nt][own[nt]] = training_degree(graph, own[nt], nt, etype)
+        # Column mean and std of each feature over all nodes (sums all-reduced over partitions).
+        self.stats = {}
+        for nt, name in [("item", m) for m in item_modalities] + ([("user", user_modality)] if user_modality else []):
+            x = graph.nodes[nt].data[name][own[nt]].double()
+            sums = torch.stack([x.sum(0), (x * x).sum(0), torch.full_like(x[0], len(x))])
+            dist.all_reduce(sums)
+            mean = sums[0] / sums[2]
+            std = ((sums[1] / sums[2] - mean**2) * sums[2] / (sums[2] - 1).clamp(min=1)).clamp(min=0).sqrt()
+            self.stats[(nt, name)] = (mean.float(), std.float().clamp(min=1e-6))
+        dist.barrier()
+        graph.barrier()
+
+    def features(self, ntype: str, name: str, nodes: torch.Tensor) -> torch.Tensor:
+        mean, std = self.stats[(ntype, name)]
+        return (self.graph.nodes[ntype].data[name][nodes] - mean) / std
+
+    def batch_features(self, input_nodes: dict):
+        item = {m: self.features("item", m, input_nodes["item"]) for m in self.item_modalities}
+        user = self.features("user", self.user_modality, input_nodes["user"]) if self.user_modality else None
+        return item, user
+
+    def attach_degrees(self, blocks) -> None:
+        for block in blocks:
+            for nt in NTYPES:
+                block.srcnodes[nt].data[DEGREE_KEY] = self.degree[nt][block.srcnodes[nt].data[dgl.NID]]
+                block.dstnodes[nt].data[DEGREE_KEY] = self.degree[nt][block.dstnodes[nt].data[dgl.NID]]
+
+
+def training_degree(graph, nodes: torch.Tensor, ntype: str, etype, batch_size: int = 65536) -> torch.Tensor:
+    """Number of ``etype`` edges into each of ``nodes`` (full neighbourhood, via the servers)."""
+    out = []
+    for i in range(0, len(nodes), batch_size):
+        batch = nodes[i:i + batch_size]
+        frontier = dgl.distributed.sample_neighbors(graph, {ntype: batch}, -1)
+        _, dst = frontier.edges(etype=etype)
+        position = torch.full((graph.num_nodes(ntype),), -1, dtype=torch.long)
+        position[batch] = torch.arange(len(batch))
+        out.append(torch.bincount(position[dst], minlength=len(batch)).float())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def modalities_of(graph, model_config) -> tuple[list[str], Optional[str]]:
+    """Item modalities (those with features and a ``knn_`` graph) and the user LM modality."""
+    knn = {e[len("knn_"):] for e in graph.etypes if e.startswith("knn_")}
+    item_feats = set(graph.nodes["item"].data.keys())
+    wanted = model_config["modalities"] if model_config.get("modalities") is not None else sorted(knn)
+    items = [m for m in wanted if m in knn and m in item_feats]
+    user_names = sorted(k for k in graph.nodes["user"].data.keys() if not k.startswith("_"))
+    user = model_config.get("user_modality")
+    if user is None:
+        user = "text" if "text" in user_names else (user_names[0] if len(user_names) == 1 else None)
+    if "uu" not in graph.etypes:
+        user = None
+    return items, user
+
+
+def build_dist_model(model_config, graph, tables: SparseTables, item_modalities, user_modality):
+    """``RecGOAT`` (any variant) with the distributed ID stream."""
+    from recgoat_dist.config import config_from_dict
+
+    mc = config_from_dict({"model": model_config}).model
+    dims = {m: int(graph.nodes["item"].data[m].shape[1]) for m in item_modalities}
+    user_dim = int(graph.nodes["user"].data[user_modality].shape[1]) if user_modality else None
+    model = build_model(mc, 1, 1, dims, user_dim)
+    model.id = DistIdStream(tables, mc.n_layers)
+    return model
+
+
+def batch_loss(model, blocks, input_nodes, pos_graph, neg_graph, inputs: NodeInputs):
+    """``RecGOAT.loss`` on a mini-batch: positions of the batch's edges among the output nodes."""
+    inputs.attach_degrees(blocks)
+    item_feats, user_feats = inputs.batch_features(input_nodes)
+    reps = model(blocks, input_nodes, item_feats, user_feats)
+    users, pos = pos_graph.edges(etype=RATES)
+    neg_users, neg = neg_graph.edges(etype=RATES)
+    assert torch.equal(neg_users, users), "one negative per positive, in order"
+    raw = model.module if hasattr(model, "module") else model
+    return raw.loss(reps, users, pos, neg)
+
+
+def edge_loader(graph, eids: torch.Tensor, fanouts: list[int], batch_size: int):
+    """``DistEdgeDataLoader`` over this partition's ``rates`` edges with one uniform negative."""
+    sampler = dgl.dataloading.NeighborSampler(list(fanouts))
+    return dgl.dataloading.DistEdgeDataLoader(
+        graph, {RATES: eids}, sampler, negative_sampler=dgl.dataloading.negative_sampler.Uniform(1),
+        batch_size=batch_size, shuffle=True, drop_last=False)

@@ -1,0 +1,256 @@
+"""``train_loop_per_worker``: what every Ray Train worker runs.
+
+Set up (graph server + DGL client, model, this partition's training edges), then per epoch:
+train a fixed number of steps, evaluate by layer-wise inference, report a checkpoint. Everything
+else is a named function below or in a sibling module.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+import ray
+import torch
+
+from recgoat_dist.train.distributed import checkpoint, servers
+from recgoat_dist.train.distributed.inference import (InferenceStore, evaluate_partition, final_vectors,
+                                                      layerwise_inference, local_rows, own_nodes)
+from recgoat_dist.train.distributed.model import (NTYPES, RATES, NodeInputs, SparseTables, batch_loss,
+                                                  build_dist_model, edge_loader, modalities_of)
+
+logger = logging.getLogger(__name__)
+
+
+def train_loop_per_worker(loop: dict) -> None:
+    import ray.train
+
+    cfg = loop["config"]
+    rank = ray.train.get_context().get_world_rank()
+    if rank == 0:
+        ray.get(loop["state"].start_attempt.remote())
+    torch.manual_seed(cfg["train"]["seed"] + rank)
+    np.random.seed(cfg["train"]["seed"] + rank)
+    torch.set_num_threads(max(1, int(loop.get("threads", 1))))
+    service = servers.connect(loop["partitions"], loop["graph_name"], cfg["cluster"]["num_samplers"],
+                              loop.get("token"))
+    try:
+        s = build(service, cfg, loop)
+        start_epoch, history = 0, []
+        if ray.train.get_checkpoint() is not None:
+            start_epoch, history = checkpoint.load(ray.train.get_checkpoint(), rank, s.tables,
+                                                   s.objective.module, s.dense_optimizer)
+            _sync(service)
+            logger.info("rank %d resumed at epoch %d", rank, start_epoch)
+        metric, patience = "valid_" + cfg["train"]["valid_metric"], cfg["train"]["patience"]
+        for epoch in range(start_epoch, cfg["train"]["epochs"]):
+            record = {"epoch": epoch, **train_epoch(s, epoch, loop["state"])}
+            if s.eval_data is not None and (epoch + 1) % cfg["train"]["eval_every"] == 0:
+                record.update({f"valid_{k}": v for k, v in evaluate(s, ("valid",))["valid"].items()})
+            history.append(record)
+            last = epoch + 1 == cfg["train"]["epochs"] or epochs_without_improvement(history, metric) > patience
+            metrics = {"epoch": epoch, **{k: v for k, v in record.items() if k in ("loss", metric)}}
+            if last:
+                metrics["history"] = history
+                metrics.update(final_checks(s))
+                if s.eval_data is not None:
+                    metrics["final"] = evaluate(s, ("valid", "test"))
+            checkpoint.report(metrics, epoch, lambda d: checkpoint.save(
+                d, rank, s.own, s.tables, s.objective.module, s.dense_optimizer, epoch, history))
+            if last:
+                break
+    finally:
+        servers.disconnect(service)
+
+
+def epochs_without_improvement(history: list, metric: str) -> int:
+    """MMRec's early-stopping count: evaluations since the best (strictly improving) one."""
+    best, stale = -1.0, 0
+    for h in history:
+        if metric not in h:
+            continue
+        best, stale = (h[metric], 0) if h[metric] > best else (best, stale + 1)
+    return stale
+
+
+class BatchObjective(torch.nn.Module):
+    """Forward *and* loss in one module, so DDP sees every dense parameter the loss touches."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, blocks, input_nodes, pos_graph, neg_graph, inputs):
+        out = batch_loss(self.model, blocks, input_nodes, pos_graph, neg_graph, inputs)
+        return out.total, out.parts
+
+
+class _Local(torch.nn.Module):
+    """DDP's interface (``.module``) for a model without dense parameters."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        return self.module(*args)
+
+
+@dataclass
+class Setup:
+    service: Any
+    graph: Any
+    rank: int
+    own: dict                   # {ntype: this partition's node ids}
+    inputs: NodeInputs
+    tables: SparseTables
+    objective: Any              # DDP(BatchObjective(RecGOAT))
+    dense_optimizer: Any
+    eids: torch.Tensor          # this partition's training edges (rates)
+    steps: int                  # steps per epoch, equal on every worker
+    loader: Any
+    store: InferenceStore
+    eval_data: Optional[dict]
+    ks: tuple
+    kill_at_step: Optional[int]
+
+    @property
+    def model(self):
+        return self.objective.module.model
+
+
+def build(service, cfg: dict, loop: dict) -> Setup:
+    """Model, sparse tables, this partition's edges, the loader, the evaluation data."""
+    import dgl
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    g = service.graph
+    model_cfg, train_cfg = cfg["model"], cfg["train"]
+    own = {nt: own_nodes(g, service.partition, nt) for nt in NTYPES}
+    items, user = modalities_of(g, model_cfg)
+    tables = SparseTables(g, model_cfg["dim"], train_cfg["lr"])
+    model = build_dist_model(model_cfg, g, tables, items, user)
+    objective = BatchObjective(model)
+    # LightGCN alone has no dense parameter (its tables are sparse): nothing for DDP to sync.
+    objective = (DistributedDataParallel(objective, find_unused_parameters=True)
+                 if any(p.requires_grad for p in objective.parameters()) else _Local(objective))
+    fanouts = list(cfg["cluster"]["fanouts"])
+    fanouts = (fanouts + fanouts[-1:] * model.num_graph_layers)[:model.num_graph_layers]
+    mask = torch.ones(g.num_edges(RATES), dtype=torch.bool)
+    eids = dgl.distributed.edge_split(mask, g.get_partition_book(), etype=RATES, force_even=False)
+    # train.batch_size is the global batch: each of the N workers takes 1/N of it per step, so
+    # N workers make as many updates per epoch as one worker would.
+    batch_size = max(1, train_cfg["batch_size"] // dist.get_world_size())
+    steps = torch.tensor([math.ceil(len(eids) / batch_size)])
+    dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    if loop.get("max_steps"):                     # benchmarks: a fixed number of steps per epoch
+        steps = torch.clamp(steps, max=int(loop["max_steps"]))
+    return Setup(
+        service=service, graph=g, rank=dist.get_rank(), own=own, inputs=NodeInputs(g, own, items, user),
+        tables=tables, objective=objective,
+        dense_optimizer=torch.optim.Adam(list(objective.parameters()) or [torch.zeros(1, requires_grad=True)],
+                                         lr=train_cfg["lr"], weight_decay=train_cfg.get("weight_decay", 0.0)),
+        eids=eids, steps=int(steps), loader=edge_loader(g, eids, fanouts, batch_size),
+        store=InferenceStore(g, model_cfg["dim"], model),
+        eval_data=load_eval_data(g, own["user"], loop), ks=tuple(train_cfg["topk"]),
+        kill_at_step=cfg["debug"]["kill_worker_at_step"])
+
+
+def batches(loader, steps: int):
+    """Exactly ``steps`` batches: wrap around (pad) or stop early (truncate)."""
+    it = iter(loader)
+    for _ in range(steps):
+        try:
+            yield next(it)
+        except StopIteration:
+            it = iter(loader)
+            yield next(it)
+
+
+def train_epoch(s: Setup, epoch: int, state) -> dict:
+    import dgl
+
+    dgl.seed(int(torch.randint(0, 2**31 - 1, ())))   # DGL's sampler RNG, derived from torch's
+    start, sums, edges = time.perf_counter(), {}, 0
+    for step, (input_nodes, pos_graph, neg_graph, blocks) in enumerate(batches(s.loader, s.steps)):
+        global_step = epoch * s.steps + step
+        if s.kill_at_step is not None and global_step == s.kill_at_step and s.rank == s.service.num_partitions - 1:
+            if ray.get(state.claim_kill.remote()):
+                logger.warning("fault injection: rank %d kills itself at step %d", s.rank, global_step)
+                os.kill(os.getpid(), signal.SIGKILL)
+        loss, parts = s.objective(blocks, input_nodes, pos_graph, neg_graph, s.inputs)
+        s.dense_optimizer.zero_grad()
+        loss.backward()
+        s.dense_optimizer.step()
+        s.tables.optimizer.step()
+        for key, value in {"loss": float(loss), **parts}.items():
+            sums[key] = sums.get(key, 0.0) + value
+        edges += pos_graph.num_edges(RATES)
+    seconds = time.perf_counter() - start
+    return {**{k: v / max(1, s.steps) for k, v in sums.items()}, "steps": s.steps, "edges": edges,
+            "train_seconds": seconds, "edges_per_second": edges / max(seconds, 1e-9)}
+
+
+def evaluate(s: Setup, splits: tuple) -> dict:
+    layerwise_inference(s.model, s.graph, s.own, s.tables, s.inputs, s.store)
+    users, items = final_vectors(s.model, s.graph, s.own, s.store)
+    heldout = {split: s.eval_data[split] for split in splits}
+    return evaluate_partition(users, items, s.eval_data["train"], heldout, s.ks)
+
+
+def load_eval_data(g, users: torch.Tensor, loop: dict) -> Optional[dict]:
+    """This partition's users' training items (from the graph) and held-out items (dataset),
+    as ``(local user row, item)`` pairs in the partitioned id space."""
+    import dgl
+
+    if not loop.get("dataset") or not loop.get("id_maps"):
+        return None
+    from recgoat_dist.data.dataset import Dataset
+    from recgoat_dist.graph import load_id_maps
+
+    frontier = dgl.distributed.sample_neighbors(g, {"user": users}, -1)
+    items, train_users = frontier.edges(etype="rated_by")
+    out = {"train": (local_rows(g, users, train_users.numpy()), items.numpy())}
+    inverse = {}
+    for nt, new_to_orig in load_id_maps(loop["id_maps"]).items():
+        inverse[nt] = np.empty(len(new_to_orig), dtype=np.int64)
+        inverse[nt][new_to_orig] = np.arange(len(new_to_orig))
+    ds = Dataset(loop["dataset"])
+    for split in ("valid", "test"):
+        pairs = ds.interactions(split)
+        rows = local_rows(g, users, inverse["user"][pairs["user_id"]])
+        keep = rows >= 0
+        out[split] = (rows[keep], inverse["item"][pairs["item_id"]][keep])
+    return out
+
+
+def final_checks(s: Setup) -> dict:
+    """Dense parameters identical on all workers, and one record per worker (collective)."""
+    import torch.distributed as dist
+
+    flat = torch.cat([p.detach().flatten() for p in s.objective.parameters()] + [torch.zeros(1)])
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    in_sync = all(torch.equal(gathered[0], x) for x in gathered[1:])
+    record = {"rank": s.rank, "partition": s.service.partition, "inner_users": len(s.own["user"]),
+              "inner_items": len(s.own["item"]), "training_edges": len(s.eids), "steps": s.steps,
+              # DGL renumbers edges so each partition's are one contiguous range: disjoint ranges
+              # whose lengths sum to the total mean every edge was trained by exactly one worker.
+              "training_edge_range": [int(s.eids.min()), int(s.eids.max()) + 1] if len(s.eids) else [0, 0],
+              "shared_host_shim": s.service.shared_host, "pid": os.getpid(),
+              "peak_rss_mb": servers._peak_rss_mb(), "server": ray.get(s.service.server.status.remote())}
+    workers: list = [None] * dist.get_world_size()
+    dist.all_gather_object(workers, record, group=s.service.group)
+    return {"dense_params_in_sync": bool(in_sync), "workers": workers}
+
+
+def _sync(service) -> None:
+    import torch.distributed as dist
+    dist.barrier()
+    service.graph.barrier()
