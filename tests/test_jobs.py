@@ -65,7 +65,10 @@ def ray_head():
     port, dashboard = free_port(), free_port()
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-           "--num-cpus=3", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+           "--num-cpus=3", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+           # Own agent ports: the defaults (e.g. 52365) may be held by another Ray on this machine.
+           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     try:
         subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=180)
         yield f"http://127.0.0.1:{dashboard}"
@@ -83,7 +86,12 @@ def test_ray_job_submit_trains_the_demo_on_a_fresh_cluster(ray_head, tmp_path):
               "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
               "python", "jobs/train.py", "--config", "configs/demo.yaml",
               "--set", "cluster.num_workers=2", "--set", "train.epochs=2", "--out", str(out)]
-    subprocess.run(submit, check=True, env=_env(), capture_output=True, timeout=300)
+    for _ in range(24):               # the job agent comes up a little after `ray start` returns
+        done = subprocess.run(submit, env=_env(), capture_output=True, text=True, timeout=300)
+        if done.returncode == 0 or "No available agent" not in done.stderr:
+            break
+        time.sleep(5)
+    assert done.returncode == 0, f"ray job submit failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     status, deadline = "", time.time() + 480
     while time.time() < deadline:
         status = subprocess.run([ray, "job", "status", "--address", ray_head, job_id], env=_env(),
@@ -94,6 +102,7 @@ def test_ray_job_submit_trains_the_demo_on_a_fresh_cluster(ray_head, tmp_path):
     if "SUCCEEDED" not in status:
         logs = subprocess.run([ray, "job", "logs", "--address", ray_head, job_id], env=_env(),
                               capture_output=True, text=True, timeout=60).stdout
+        (tmp_path / "job.log").write_text(logs)
         pytest.fail(f"job did not succeed: {status}\n{logs[-4000:]}")
     metrics = json.loads((out / "run" / "metrics.json").read_text())
     assert metrics["num_workers"] == 2 and metrics["num_partitions"] == 2 and metrics["restarts"] == 0

@@ -122,7 +122,7 @@ def test_variants_forward_loss_backward(name):
     if name == "lightgcn":
         assert not model.item_streams and model.user_stream is None
     if name in ("no_oat", "lightgcn"):
-        assert model.oat is None and out.parts["oat"] == 0
+        assert model.oat is None and model.user_oat is None and out.parts["oat"] == 0
     if name == "no_cmcl":
         assert out.parts["cmcl"] == 0
     if name == "no_gat":
@@ -158,6 +158,7 @@ def test_checkpoint_round_trip_with_fewer_items_than_landmarks():
     reps = model([g] * model.num_graph_layers, nodes, *feats(g, nodes))
     model.loss(reps, torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([2, 3])).total.backward()
     assert len(model.landmark_idx) == NUM_ITEMS          # at most one landmark per item
+    assert len(model.user_landmark_idx) == NUM_USERS
     fresh = RecGOAT(NUM_USERS, NUM_ITEMS, {"text": 7, "visual": 5}, 6, dim=8, n_layers=2, num_landmarks=64)
     fresh.load_state_dict(model.state_dict())
     model.eval(), fresh.eval()

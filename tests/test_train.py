@@ -137,7 +137,11 @@ def _rewrite_heldout(src: str, dst: str, seed: int) -> None:
 
 @pytest.mark.parametrize("name", ["lightgcn", "recgoat"])
 def test_no_validation_or_test_interaction_reaches_training(small, tmp_path, name):
-    """Same training split, different held-out interactions -> bit-identical trained weights."""
+    """Same training split, different held-out interactions -> identical trained weights.
+
+    Identical up to float re-association in threaded sparse reductions (seen: 1.5e-8); a held-out
+    edge reaching the graph or the sampler changes degrees and gradients by orders more.
+    """
     from recgoat_dist.graph import build_graph
 
     data, _ = small
@@ -153,7 +157,7 @@ def test_no_validation_or_test_interaction_reaches_training(small, tmp_path, nam
         Dataset(str(tmp_path / "data1")).interactions("test")["item_id"].tolist()
     assert states[0].keys() == states[1].keys()
     for key in states[0]:
-        assert torch.equal(states[0][key], states[1][key]), key
+        torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=1e-6, msg=key)
 
 
 def test_graph_with_a_heldout_edge_is_refused(small):

@@ -1,7 +1,7 @@
 """RecGOAT: LightGCN ID stream + LM/content streams, aligned by CMCL and fused by optimal transport.
 
     items:  e_i = lightgcn_i + sum_m gamma_m * T_m(gat_m(proj_m(x_i^m)))     (T_m: OAT transport)
-    users:  e_u = lightgcn_u + w * gat_uu(proj_u(x_u^LM))                    (w: model.user_lm_weight)
+    users:  e_u = lightgcn_u + w * T_u(gat_uu(proj_u(x_u^LM)))              (w: model.user_lm_weight)
     score:  s(u, i) = <e_u, e_i>
     loss:   BPR + reg_weight * L2(batch ego embeddings) + lambda_cmcl * CMCL + lambda_oat * OAT
 
@@ -9,6 +9,10 @@
 blocks of a mini-batch) and returns per-stream representations of the output nodes; ``loss``
 indexes them with positions of the batch's users and items among the output nodes;
 ``final_embeddings`` turns full-graph representations into the vectors that are ranked.
+
+Transport (OAT) maps each content representation into the ID space: onto landmark *item* ID
+representations for item modalities, onto landmark *user* ID representations for the user LM
+stream, so both blends add vectors of the ID space (without OAT they are added as they are).
 
 Variants (``model.name``): ``recgoat``; ``lightgcn`` (ID stream only); ``no_oat`` (modality parts
 added with learned weights, no transport); ``no_cmcl``; ``no_gat`` (content streams without graph
@@ -86,15 +90,20 @@ class RecGOAT(nn.Module):
                                              gat_layers if self.flags["user_gat"] else 0, gat_heads, dropout)
         self.oat = None
         self.gamma = None
-        if modalities and self.flags["oat"]:
+        self.user_oat = None
+        if self.flags["oat"] and (modalities or self.user_stream is not None):
             from recgoat_dist.ot import OAT
-            self.oat = OAT(modalities, dim, eps=ot_eps, num_landmarks=num_landmarks)
-        elif modalities:
+            if modalities:
+                self.oat = OAT(modalities, dim, eps=ot_eps, num_landmarks=num_landmarks)
+            if self.user_stream is not None:
+                self.user_oat = OAT(["lm"], dim, eps=ot_eps, num_landmarks=num_landmarks)
+        if modalities and self.oat is None:
             self.gamma = nn.ParameterDict({m: nn.Parameter(torch.tensor(1.0 / len(modalities)))
                                            for m in modalities})
         # Landmarks: item ids whose current ID representations are the OAT targets. Chosen on first
         # use (k-means++ over the items' ID representations) and re-chosen by refresh_landmarks.
         self.register_buffer("landmark_idx", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("user_landmark_idx", torch.zeros(0, dtype=torch.long))
         self._register_load_state_dict_pre_hook(self._resize_landmark_buffers)
 
     @property
@@ -120,14 +129,8 @@ class RecGOAT(nn.Module):
         return reps
 
     # ---- representations that are scored ------------------------------------------------------
-    def user_vectors(self, reps: Representations, users: torch.Tensor) -> torch.Tensor:
-        u = reps.user_id[users]
-        if reps.user_lm is not None:
-            u = u + self.user_lm_weight * reps.user_lm[users]
-        return u
-
     def landmarks(self, reps: Representations) -> Optional[torch.Tensor]:
-        """Landmark ID embeddings (L, d) the modality parts are transported onto (OAT only).
+        """Landmark item ID embeddings (L, d) the item modalities are transported onto (OAT only).
 
         ``landmark_idx`` indexes ``reps.item_id``: item ids when ``reps`` covers every item (a
         full-graph forward). With sampled blocks pass landmarks to :meth:`loss` explicitly.
@@ -138,22 +141,61 @@ class RecGOAT(nn.Module):
             self.refresh_landmarks(reps)
         return reps.item_id[self.landmark_idx]
 
+    def user_landmarks(self, reps: Representations) -> Optional[torch.Tensor]:
+        """Landmark user ID embeddings (L, d) the user LM stream is transported onto."""
+        if self.user_oat is None:
+            return None
+        if len(self.user_landmark_idx) == 0:
+            self.refresh_landmarks(reps)
+        return reps.user_id[self.user_landmark_idx]
+
     @torch.no_grad()
     def refresh_landmarks(self, reps: Representations) -> None:
-        """(Re-)pick the landmark items by k-means++ seeding on the items' ID representations."""
+        """(Re-)pick landmark items and users by k-means++ seeding on their ID representations."""
+        from recgoat_dist.ot import select_landmarks
         if self.oat is not None:
-            from recgoat_dist.ot import select_landmarks
             self.landmark_idx = select_landmarks(reps.item_id, self.num_landmarks).to(self.landmark_idx.device)
+        if self.user_oat is not None:
+            self.user_landmark_idx = select_landmarks(reps.user_id, self.num_landmarks).to(self.landmark_idx.device)
 
     def _resize_landmark_buffers(self, state_dict, prefix, *args) -> None:
         # Landmark buffers take their size from the data (at most num_landmarks, at most the
-        # number of items): adopt the checkpoint's sizes before loading into them.
-        key = prefix + "landmark_idx"
-        if key in state_dict:
-            self.landmark_idx = torch.empty_like(state_dict[key])
-        key = prefix + "oat.landmark_potentials"
-        if self.oat is not None and key in state_dict:
-            self.oat.landmark_potentials = torch.empty_like(state_dict[key])
+        # number of items/users): adopt the checkpoint's sizes before loading into them.
+        for name in ("landmark_idx", "user_landmark_idx"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        for name in ("oat", "user_oat"):
+            key = f"{prefix}{name}.landmark_potentials"
+            if getattr(self, name) is not None and key in state_dict:
+                getattr(self, name).landmark_potentials = torch.empty_like(state_dict[key])
+
+    def _transport(self, oat, modal: dict[str, torch.Tensor], base: torch.Tensor,
+                   landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(base + sum_m gamma_m T_m(modal_m), OAT loss)`` for distinct rows.
+
+        Sinkhorn (the OAT loss, and the landmark potentials it stores) runs on a sample of at most
+        ``ot_batch`` rows; the entropic map then transports every row with those potentials.
+        """
+        sample = _subsample(len(base), self.ot_batch)
+        out = oat({m: x[sample] for m, x in modal.items()}, base[sample], landmarks=landmarks)
+        transported = {m: oat.transport(m, x, landmarks) for m, x in modal.items()}
+        return oat.fuse(base, transported), out.loss
+
+    def user_vectors(self, reps: Representations, users: torch.Tensor,
+                     landmarks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(user vectors, OAT loss)`` for ``users`` (positions among output users)."""
+        base = reps.user_id[users]
+        zero = base.new_zeros(())
+        if reps.user_lm is None or self.user_lm_weight == 0:
+            return base, zero
+        if self.user_oat is None:
+            return base + self.user_lm_weight * reps.user_lm[users], zero
+        unique, inverse = torch.unique(users, return_inverse=True)
+        if landmarks is None:
+            landmarks = self.user_landmarks(reps)
+        id_u = reps.user_id[unique]
+        fused, loss = self._transport(self.user_oat, {"lm": reps.user_lm[unique]}, id_u, landmarks)
+        return (id_u + self.user_lm_weight * (fused - id_u))[inverse], loss
 
     def item_vectors(self, reps: Representations, items: torch.Tensor,
                      landmarks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,47 +206,53 @@ class RecGOAT(nn.Module):
             return base, zero
         if self.oat is None:
             return base + sum(self.gamma[m] * reps.item_modal[m][items] for m in self.modalities), zero
+        if landmarks is None:
+            landmarks = self.landmarks(reps)
         unique, inverse = torch.unique(items, return_inverse=True)   # transport each item once
         modal = {m: reps.item_modal[m][unique] for m in self.modalities}
-        # Sinkhorn (the OAT loss, and the landmark potentials it stores) on a sample of the batch;
-        # the learned entropic map then transports every batch item with those potentials.
-        sample = _subsample(len(unique), self.ot_batch)
-        out = self.oat({m: x[sample] for m, x in modal.items()}, reps.item_id[unique][sample], landmarks=landmarks)
-        transported = {m: self.oat.transport(m, x, landmarks) for m, x in modal.items()}
-        return self.oat.fuse(reps.item_id[unique], transported)[inverse], out.loss
+        fused, loss = self._transport(self.oat, modal, reps.item_id[unique], landmarks)
+        return fused[inverse], loss
 
     @torch.no_grad()
     def final_embeddings(self, reps: Representations, batch_size: int = 65536
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(users (U, d), items (I, d))`` to rank with, from a full-graph forward pass."""
-        users = self.user_vectors(reps, torch.arange(reps.user_id.shape[0]))
+        users = reps.user_id
+        if reps.user_lm is not None and self.user_lm_weight != 0:
+            lm = reps.user_lm
+            if self.user_oat is not None:
+                lm = self._transport_all(self.user_oat, {"lm": lm}, self.user_landmarks(reps), batch_size)
+            users = users + self.user_lm_weight * lm
         items = reps.item_id
         if self.oat is not None:
-            landmarks = self.landmarks(reps)
-            if not bool(self.oat.potentials_ready.all()):      # never trained: solve once here
-                self.oat.fit_potentials(reps.item_modal, landmarks)
-            gamma = self.oat.gamma()
-            items = items + sum(gamma[m] * self.oat.transport(m, reps.item_modal[m], landmarks, batch_size)
-                                for m in self.modalities)
+            items = items + self._transport_all(self.oat, reps.item_modal, self.landmarks(reps), batch_size)
         elif self.gamma is not None:
             items = items + sum(self.gamma[m] * reps.item_modal[m] for m in self.modalities)
         return users, items
 
+    @staticmethod
+    def _transport_all(oat, modal: dict[str, torch.Tensor], landmarks: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``sum_m gamma_m T_m(modal_m)`` for every row, with the stored landmark potentials."""
+        if not bool(oat.potentials_ready.all()):      # never trained: solve once here
+            oat.fit_potentials(modal, landmarks)
+        gamma = oat.gamma()
+        return sum(gamma[m] * oat.transport(m, modal[m], landmarks, batch_size) for m in oat.modalities)
+
     # ---- objective ----------------------------------------------------------------------------
     def loss(self, reps: Representations, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
-             landmarks: Optional[torch.Tensor] = None) -> LossParts:
+             landmarks: Optional[torch.Tensor] = None, user_landmarks: Optional[torch.Tensor] = None) -> LossParts:
         """BPR + L2 on the batch's ego embeddings + weighted CMCL and OAT terms.
 
         ``users``, ``pos``, ``neg``: positions among the output users / items of ``reps``.
-        ``landmarks``: OAT targets (L, d); by default the landmark items of a full-graph ``reps``.
-        On sampled blocks, add ``self.landmark_idx`` to the seed items and pass their rows of
-        ``reps.item_id`` here, so training and full-catalog inference share one definition.
+        ``landmarks`` / ``user_landmarks``: OAT targets (L, d); by default the landmark items / users
+        of a full-graph ``reps``. On sampled blocks, add ``self.landmark_idx`` (and
+        ``self.user_landmark_idx``) to the seeds and pass their rows of ``reps.item_id``
+        (``reps.user_id``) here, so training and full-catalog inference share one definition.
         """
-        if self.oat is not None and landmarks is None:
-            landmarks = self.landmarks(reps)
         items = torch.cat([pos, neg])
         item_vec, oat = self.item_vectors(reps, items, landmarks)
-        u = self.user_vectors(reps, users)
+        u, oat_users = self.user_vectors(reps, users, user_landmarks)
+        oat = oat + oat_users
         p, n = item_vec[:len(pos)], item_vec[len(pos):]
         bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         reg = self.reg_weight * embedding_l2(reps.user_ego[users], reps.item_ego[pos], reps.item_ego[neg])

@@ -48,7 +48,9 @@ class OATOutput:
     plans: Dict[str, torch.Tensor]  # name -> adapted plan (B, L), rows sum to 1/B
 
 
-def select_landmarks(id_emb: torch.Tensor, num_landmarks: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def select_landmarks(
+    id_emb: torch.Tensor, num_landmarks: int, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """Indices (L,) of ``min(num_landmarks, N)`` distinct rows of ``id_emb`` (N, d), by k-means++
     seeding (D^2 sampling, Arthur & Vassilvitskii 2007) so landmarks cover the ID space.
     ``generator`` must live on ``id_emb``'s device. Use ``landmarks = id_emb[idx]`` for both
@@ -139,7 +141,9 @@ class OAT(nn.Module):
         """Set the landmark potentials of each modality from a (large) sample of its embeddings."""
         self.potentials_ready.zero_()
         for k, m in enumerate(self.modalities):
-            solved = sinkhorn(modality_emb[m], landmarks, eps=self.eps, cost=self.cost, max_iter=self.max_iter, tol=self.tol)
+            solved = sinkhorn(
+                modality_emb[m], landmarks, eps=self.eps, cost=self.cost, max_iter=self.max_iter, tol=self.tol
+            )
             self._store_potentials(k, solved.g)
 
     def transport(self, name: str, x: torch.Tensor, landmarks: torch.Tensor, batch_size: int = 65536) -> torch.Tensor:
@@ -147,11 +151,16 @@ class OAT(nn.Module):
         blocks of ``batch_size`` rows: memory ``O(batch_size L)`` besides the output."""
         k = self.modalities.index(name)
         if not bool(self.potentials_ready[k]):
-            raise RuntimeError(f"no landmark potentials for {name!r}: run forward(..., landmarks=...) or fit_potentials()")
+            raise RuntimeError(
+                f"no landmark potentials for {name!r}: run forward(..., landmarks=...) or fit_potentials()"
+            )
         if landmarks.shape[0] != self.landmark_potentials.shape[1]:
             raise ValueError(f"expected {self.landmark_potentials.shape[1]} landmarks, got {landmarks.shape[0]}")
         g = self.landmark_potentials[k].clone()
-        blocks = [self.adapted_transport(name, x[i : i + batch_size], landmarks, g)[0] for i in range(0, x.shape[0], batch_size)]
+        blocks = [
+            self.adapted_transport(name, x[i : i + batch_size], landmarks, g)[0]
+            for i in range(0, x.shape[0], batch_size)
+        ]
         return torch.cat(blocks) if blocks else x.new_zeros(0, landmarks.shape[1])
 
     def _store_potentials(self, k: int, g: torch.Tensor) -> None:

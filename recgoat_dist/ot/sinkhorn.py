@@ -115,8 +115,9 @@ def sinkhorn(
     when needed). ``tol`` bounds the L1 marginal error. ``scaling``: eps ratio between annealing
     steps, ``None`` for none. ``return_plan``: also return the dense plan, refused above
     ``max_plan_elements`` entries. ``auto`` picks dense up to ``dense_max_elements`` = N M (it
-    stores 3 N M numbers); ``block_entries`` sets the chunked block size. Accepts torch tensors (any device) and numpy arrays; returns
-    tensors on the device and in the dtype of ``x`` (float32 unless float64 is given).
+    stores 3 N M numbers); ``block_entries`` sets the chunked block size. Accepts torch tensors
+    (any device) and numpy arrays; returns tensors on the device and in the dtype of ``x``
+    (float32 unless float64 is given). Logs a warning when ``tol > 0`` is not reached.
     """
     x, y, a, b = prepare(x, y, a, b, eps, cost, backend)
     n, m = x.shape[0], y.shape[0]
@@ -161,7 +162,7 @@ def sinkhorn(
         cost_value = cost_value + surrogate
         value = value + surrogate
 
-    level = logging.INFO if converged else logging.WARNING
+    level = logging.WARNING if tol > 0 and not converged else logging.INFO
     logger.log(level, "sinkhorn %s %dx%d eps=%g: %d iterations, marginal error %.3g%s",
                name, n, m, eps, n_iter, marginal_error, "" if converged else " (not converged)")
     return SinkhornResult(f, g, cost_value, value, n_iter, marginal_error, converged, eps, name, plan)

@@ -85,7 +85,7 @@ def train_epoch(runner: FullGraph, optimizer: torch.optim.Optimizer, candidates:
     from tqdm import tqdm
 
     runner.model.train()
-    if runner.model.oat is not None:
+    if runner.model.oat is not None or runner.model.user_oat is not None:
         with torch.no_grad():
             runner.model.refresh_landmarks(runner.forward())
     sums: dict[str, float] = {}

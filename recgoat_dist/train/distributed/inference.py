@@ -106,26 +106,53 @@ def layerwise_inference(model, graph, own: dict, tables, inputs: NodeInputs, sto
     model.train(was_training)
 
 
+def _pull_all(graph, ntype: str, fn, block: int = 65536) -> torch.Tensor:
+    nodes = torch.arange(graph.num_nodes(ntype))
+    return torch.cat([fn(nodes[i:i + block]) for i in range(0, len(nodes), block)])
+
+
 @torch.no_grad()
-def final_vectors(model, graph, own: dict, store: InferenceStore, item_block: int = 65536):
-    """``(this partition's users (U_p, d), all items (I, d))`` as ``RecGOAT.final_embeddings`` ranks them."""
-    users = own["user"]
-    all_items = torch.arange(graph.num_nodes("item"))
+def full_representations(graph, store: InferenceStore, with_streams: bool = True) -> Representations:
+    """Every node's full-graph representation per stream, pulled from the servers.
 
-    def mean_id(nt, nodes):
-        return sum(layer[nt][nodes] for layer in store.id) / len(store.id)
+    Users x dim and items x dim per stream: tables, not the graph.
+    """
+    def mean_id(nt):
+        return lambda b: sum(layer[nt][b] for layer in store.id) / len(store.id)
 
-    def pull(fn):
-        return torch.cat([fn(all_items[i:i + item_block]) for i in range(0, len(all_items), item_block)])
-
-    user_id, item_id = mean_id("user", users), pull(lambda b: mean_id("item", b))
+    user_id, item_id = _pull_all(graph, "user", mean_id("user")), _pull_all(graph, "item", mean_id("item"))
     reps = Representations(user_id, item_id, user_id, item_id)
-    for key, tables in store.streams.items():
-        if key == USER_STREAM:
-            reps.user_lm = tables[-1][users]
-        else:
-            reps.item_modal[key] = pull(lambda b, t=tables[-1]: t[b])
-    return model.final_embeddings(reps)
+    if with_streams:
+        for key, tables in store.streams.items():
+            if key == USER_STREAM:
+                reps.user_lm = _pull_all(graph, "user", lambda b, t=tables[-1]: t[b])
+            else:
+                reps.item_modal[key] = _pull_all(graph, "item", lambda b, t=tables[-1]: t[b])
+    return reps
+
+
+@torch.no_grad()
+def final_vectors(model, graph, own: dict, store: InferenceStore):
+    """``(this partition's users (U_p, d), all items (I, d))`` as ``RecGOAT.final_embeddings`` ranks them."""
+    users, items = model.final_embeddings(full_representations(graph, store))
+    return users[own["user"]], items
+
+
+@torch.no_grad()
+def refresh_landmarks(model, graph, store: InferenceStore) -> dict:
+    """Re-pick the OAT landmarks on rank 0 (k-means++ on full-graph ID representations, as the
+    single-process trainer does each epoch), share them, and return their (detached) ID rows."""
+    import torch.distributed as dist
+
+    reps = full_representations(graph, store, with_streams=False)
+    picked = [None]
+    if dist.get_rank() == 0:
+        model.refresh_landmarks(reps)
+        picked = [(model.landmark_idx.clone(), model.user_landmark_idx.clone())]
+    dist.broadcast_object_list(picked, src=0)
+    model.landmark_idx, model.user_landmark_idx = picked[0]
+    return {"item": reps.item_id[model.landmark_idx] if model.oat is not None else None,
+            "user": reps.user_id[model.user_landmark_idx] if model.user_oat is not None else None}
 
 
 @torch.no_grad()

@@ -148,8 +148,13 @@ def build_dist_model(model_config, graph, tables: SparseTables, item_modalities,
     return model
 
 
-def batch_loss(model, blocks, input_nodes, pos_graph, neg_graph, inputs: NodeInputs):
-    """``RecGOAT.loss`` on a mini-batch: positions of the batch's edges among the output nodes."""
+def batch_loss(model, blocks, input_nodes, pos_graph, neg_graph, inputs: NodeInputs, landmarks=None):
+    """``RecGOAT.loss`` on a mini-batch: positions of the batch's edges among the output nodes.
+
+    ``landmarks``: ``{"item": (L, d), "user": (L, d)}`` OAT targets. They are the landmark rows of
+    the last full-graph inference, detached and refreshed every epoch; the single-process trainer
+    instead takes them from the batch's own full-graph forward (with gradient).
+    """
     inputs.attach_degrees(blocks)
     item_feats, user_feats = inputs.batch_features(input_nodes)
     reps = model(blocks, input_nodes, item_feats, user_feats)
@@ -157,7 +162,8 @@ def batch_loss(model, blocks, input_nodes, pos_graph, neg_graph, inputs: NodeInp
     neg_users, neg = neg_graph.edges(etype=RATES)
     assert torch.equal(neg_users, users), "one negative per positive, in order"
     raw = model.module if hasattr(model, "module") else model
-    return raw.loss(reps, users, pos, neg)
+    landmarks = landmarks or {}
+    return raw.loss(reps, users, pos, neg, landmarks=landmarks.get("item"), user_landmarks=landmarks.get("user"))
 
 
 def edge_loader(graph, eids: torch.Tensor, fanouts: list[int], batch_size: int):

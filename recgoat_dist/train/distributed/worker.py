@@ -20,7 +20,8 @@ import torch
 
 from recgoat_dist.train.distributed import checkpoint, servers
 from recgoat_dist.train.distributed.inference import (InferenceStore, evaluate_partition, final_vectors,
-                                                      layerwise_inference, local_rows, own_nodes)
+                                                      layerwise_inference, local_rows, own_nodes,
+                                                      refresh_landmarks)
 from recgoat_dist.train.distributed.model import (NTYPES, RATES, NodeInputs, SparseTables, batch_loss,
                                                   build_dist_model, edge_loader, modalities_of)
 
@@ -55,6 +56,7 @@ def train_loop_per_worker(loop: dict) -> None:
             history.append(record)
             last = epoch + 1 == cfg["train"]["epochs"] or epochs_without_improvement(history, metric) > patience
             metrics = {"epoch": epoch, **{k: v for k, v in record.items() if k in ("loss", metric)}}
+            sync_buffers(s.model)
             if last:
                 metrics["history"] = history
                 metrics.update(final_checks(s))
@@ -85,8 +87,8 @@ class BatchObjective(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, blocks, input_nodes, pos_graph, neg_graph, inputs):
-        out = batch_loss(self.model, blocks, input_nodes, pos_graph, neg_graph, inputs)
+    def forward(self, blocks, input_nodes, pos_graph, neg_graph, inputs, landmarks):
+        out = batch_loss(self.model, blocks, input_nodes, pos_graph, neg_graph, inputs, landmarks)
         return out.total, out.parts
 
 
@@ -118,6 +120,8 @@ class Setup:
     eval_data: Optional[dict]
     ks: tuple
     kill_at_step: Optional[int]
+    landmarks: Optional[dict] = None   # OAT targets: detached ID rows of the landmark items/users
+    inference_fresh: bool = False      # the store holds the current model's full-graph inference
 
     @property
     def model(self):
@@ -177,6 +181,11 @@ def train_epoch(s: Setup, epoch: int, state) -> dict:
     import dgl
 
     dgl.seed(int(torch.randint(0, 2**31 - 1, ())))   # DGL's sampler RNG, derived from torch's
+    if s.model.oat is not None or s.model.user_oat is not None:
+        if not s.inference_fresh:
+            layerwise_inference(s.model, s.graph, s.own, s.tables, s.inputs, s.store)
+        s.landmarks = refresh_landmarks(s.model, s.graph, s.store)
+    s.inference_fresh = False
     start, sums, edges = time.perf_counter(), {}, 0
     for step, (input_nodes, pos_graph, neg_graph, blocks) in enumerate(batches(s.loader, s.steps)):
         global_step = epoch * s.steps + step
@@ -184,7 +193,7 @@ def train_epoch(s: Setup, epoch: int, state) -> dict:
             if ray.get(state.claim_kill.remote()):
                 logger.warning("fault injection: rank %d kills itself at step %d", s.rank, global_step)
                 os.kill(os.getpid(), signal.SIGKILL)
-        loss, parts = s.objective(blocks, input_nodes, pos_graph, neg_graph, s.inputs)
+        loss, parts = s.objective(blocks, input_nodes, pos_graph, neg_graph, s.inputs, s.landmarks)
         s.dense_optimizer.zero_grad()
         loss.backward()
         s.dense_optimizer.step()
@@ -197,8 +206,17 @@ def train_epoch(s: Setup, epoch: int, state) -> dict:
             "train_seconds": seconds, "edges_per_second": edges / max(seconds, 1e-9)}
 
 
+def sync_buffers(model) -> None:
+    """Rank 0's buffers everywhere (OAT landmark potentials are updated per rank in training)."""
+    import torch.distributed as dist
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def evaluate(s: Setup, splits: tuple) -> dict:
+    sync_buffers(s.model)
     layerwise_inference(s.model, s.graph, s.own, s.tables, s.inputs, s.store)
+    s.inference_fresh = True
     users, items = final_vectors(s.model, s.graph, s.own, s.store)
     heldout = {split: s.eval_data[split] for split in splits}
     return evaluate_partition(users, items, s.eval_data["train"], heldout, s.ks)
