@@ -8,6 +8,7 @@ export DGLBACKEND := pytorch
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 DEMO_OUT ?= demo-out
+DEMO_WORKERS ?= 2
 
 .PHONY: demo test bench clean-demo
 
@@ -20,7 +21,7 @@ $(VENV): pyproject.toml
 
 demo: $(VENV)
 	rm -rf $(DEMO_OUT)/run
-	$(PY) -m recgoat_dist demo --config configs/demo.yaml --out $(DEMO_OUT)
+	$(PY) -m recgoat_dist demo --config configs/demo.yaml --set cluster.num_workers=$(DEMO_WORKERS) --out $(DEMO_OUT)
 
 test: $(VENV)
 	$(PY) -m pytest tests
