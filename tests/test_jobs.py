@@ -96,10 +96,10 @@ def test_ray_job_submit_trains_the_demo_on_a_fresh_cluster(ray_head, tmp_path):
     while time.time() < deadline:
         status = subprocess.run([ray, "job", "status", "--address", ray_head, job_id], env=_env(),
                                 capture_output=True, text=True, timeout=60).stdout
-        if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+        if any(s in status.lower() for s in ("succeeded", "failed", "stopped")):
             break
         time.sleep(5)
-    if "SUCCEEDED" not in status:
+    if "succeeded" not in status.lower():
         logs = subprocess.run([ray, "job", "logs", "--address", ray_head, job_id], env=_env(),
                               capture_output=True, text=True, timeout=60).stdout
         (tmp_path / "job.log").write_text(logs)

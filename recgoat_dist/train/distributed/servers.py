@@ -82,6 +82,7 @@ class GraphServer:
         self._error: Optional[str] = None
         self._done = False
         self._workdir = tempfile.mkdtemp(prefix="recgoat-dglserver-")
+        self._graph_name: Optional[str] = None
 
     def address(self) -> tuple[str, int]:
         ip = _node_ip()
@@ -98,8 +99,12 @@ class GraphServer:
         from dgl.distributed import rpc
 
         start = time.perf_counter()
+        self._shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
         part_config = local_part_config(partitions, server_id)
         ip_config = _write_ip_config([tuple(a) for a in addresses], self._workdir)
+        import json
+        with open(part_config) as fh:
+            self._graph_name = json.load(fh)["graph_name"]
         rpc.reset()
         self._server = dgl.distributed.DistGraphServer(
             server_id, ip_config, 1, num_clients, part_config, disable_shared_mem=False,
@@ -120,6 +125,20 @@ class GraphServer:
     def status(self) -> dict:
         return {"done": self._done, "error": self._error, "pid": os.getpid(),
                 "peak_rss_mb": _peak_rss_mb()}
+
+    def release_shared_memory(self) -> list[str]:
+        """Unlink the DGL segments this server's run created (the actor is killed, not exited,
+        so DGL's own finalisers never run). Only names DGL uses, created since :meth:`start`."""
+        created = set(os.listdir("/dev/shm")) - getattr(self, "_shm_before", set())
+        removed = []
+        for name in sorted(created):
+            if name.endswith("-kvdata-") or name.startswith(self._graph_name or "\0"):
+                try:
+                    os.unlink(os.path.join("/dev/shm", name))
+                    removed.append(name)
+                except FileNotFoundError:
+                    pass
+        return removed
 
     def wait(self, timeout: float) -> dict:
         if self._thread is not None:
@@ -188,6 +207,8 @@ def disconnect(service: GraphService, timeout: float = 30.0) -> dict:
     import dgl.distributed
     dgl.distributed.exit_client()
     status = ray.get(service.server.wait.remote(timeout))
+    if not service.shared_host:
+        ray.get(service.server.release_shared_memory.remote())
     ray.kill(service.server)
     if service.shared_host:
         shim.cleanup(service.token)
