@@ -11,7 +11,8 @@
 #
 # Re-running skips finished runs and resumes interrupted ones (train --resume). Runs are niced.
 # The `lightgcn` variant uses MMRec's LightGCN setting (3 layers, 64-d, lr 1e-3, reg 1e-4, batch
-# 2048), the others configs/lfm2k.yaml (the tuned RecGOAT setting, ablations change one part).
+# 2048), the others configs/lfm2k.yaml (the tuned RecGOAT setting, ablations change one part);
+# `lightgcn_tuned` (optional, add it to VARIANTS) is LightGCN trained with that same setting.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -37,11 +38,13 @@ fi
 train_one() {   # variant seed
   local variant=$1 seed=$2 out="$WORK/runs/$1-seed$2" sets=()
   [ -f "$out/manifest.json" ] && { echo "done: $out"; return 0; }
+  local model=$variant
   if [ "$variant" = lightgcn ]; then for s in $LIGHTGCN_SETS; do sets+=(--set "$s"); done; fi
+  [ "$variant" = lightgcn_tuned ] && model=lightgcn      # LightGCN with RecGOAT's training setting
   for s in ${EXTRA_SETS:-}; do sets+=(--set "$s"); done
   echo "train: $variant seed $seed -> $out"
   recgoat train --config "$REPO/configs/lfm2k.yaml" --set data.dataset="$WORK/dataset" \
-    --set data.graph="$WORK/graph" --set model.name="$variant" --set train.seed="$seed" \
+    --set data.graph="$WORK/graph" --set model.name="$model" --set train.seed="$seed" \
     --set train.progress=false "${sets[@]}" --resume --out "$out" > "$WORK/logs/$variant-seed$seed.log" 2>&1
 }
 export -f train_one recgoat
