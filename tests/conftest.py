@@ -80,3 +80,14 @@ def lfm2k_dataset(lfm2k_dir, tmp_path_factory) -> str:
                             "audio": str(lfm2k_dir / "vggish.npy")},
                   out=out, original_ids=str(lfm2k_dir / "lfm2k_og_ids.inter"))
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small and medium solves are dominated by thread wake-ups when the CPU is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

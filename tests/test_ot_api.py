@@ -9,12 +9,7 @@ from recgoat_dist.ot import SinkhornResult, eps_schedule, sinkhorn
 from recgoat_dist.ot.keops import keops_available
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _xy(n=30, m=20, d=4, seed=0, dtype=torch.float64):

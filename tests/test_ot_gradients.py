@@ -8,12 +8,7 @@ from recgoat_dist.ot.keops import keops_available
 SOLVE = dict(eps=0.5, tol=1e-13, max_iter=20000)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _clouds(n=5, m=4, d=3, seed=0):

@@ -8,12 +8,7 @@ MODALITIES = ("text", "visual")
 B, D, L = 48, 16, 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(seed=0, b=B, dtype=torch.float32):
