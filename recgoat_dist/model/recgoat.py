@@ -51,6 +51,7 @@ class Representations:
     item_ego: torch.Tensor
     item_modal: dict[str, torch.Tensor] = field(default_factory=dict)   # modality -> (n_items_out, d)
     user_lm: Optional[torch.Tensor] = None                              # (n_users_out, d)
+    item_cold: Optional[torch.Tensor] = None   # (n_items_out,) bool: no training interaction (set by callers)
 
 
 @dataclass
@@ -177,9 +178,9 @@ class RecGOAT(nn.Module):
         ``ot_batch`` rows; the entropic map then transports every row with those potentials.
         """
         sample = _subsample(len(base), self.ot_batch)
-        out = oat({m: x[sample] for m, x in modal.items()}, base[sample], landmarks=landmarks)
+        loss, _ = oat.align({m: x[sample] for m, x in modal.items()}, landmarks)
         transported = {m: oat.transport(m, x, landmarks) for m, x in modal.items()}
-        return oat.fuse(base, transported), out.loss
+        return oat.fuse(base, transported), loss
 
     def user_vectors(self, reps: Representations, users: torch.Tensor,
                      landmarks: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,12 +224,18 @@ class RecGOAT(nn.Module):
             if self.user_oat is not None:
                 lm = self._transport_all(self.user_oat, {"lm": lm}, self.user_landmarks(reps), batch_size)
             users = users + self.user_lm_weight * lm
-        items = reps.item_id
+        items, content = reps.item_id, None
         if self.oat is not None:
-            items = items + self._transport_all(self.oat, reps.item_modal, self.landmarks(reps), batch_size)
+            content = self._transport_all(self.oat, reps.item_modal, self.landmarks(reps), batch_size)
         elif self.gamma is not None:
-            items = items + sum(self.gamma[m] * reps.item_modal[m] for m in self.modalities)
-        return users, items
+            content = sum(self.gamma[m] * reps.item_modal[m] for m in self.modalities)
+        if content is None:
+            return users, items
+        if reps.item_cold is not None and bool(reps.item_cold.any()):
+            # A cold item's ID embedding never received a gradient: it is its random initial value.
+            # Its content, transported into the ID space, is the model's estimate of that embedding.
+            items = torch.where(reps.item_cold[:, None], content, items)
+        return users, items + content
 
     @staticmethod
     def _transport_all(oat, modal: dict[str, torch.Tensor], landmarks: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -107,19 +107,30 @@ class OAT(nn.Module):
     ) -> OATOutput:
         targets = id_emb if landmarks is None else landmarks
         gamma = self.gamma()
-        transported, plans, loss = {}, {}, id_emb.new_zeros(())
+        loss, potentials = self.align(modality_emb, targets, store=landmarks is not None)
+        transported, plans = {}, {}
         for k, m in enumerate(self.modalities):
-            x = modality_emb[m]
-            solved = sinkhorn(x, targets, eps=self.eps, cost=self.cost, max_iter=self.max_iter, tol=self.tol)
-            loss = loss + solved.cost
-            g = solved.g.detach()
-            if landmarks is not None:
-                if self.training or not bool(self.potentials_ready[k]):
-                    self._store_potentials(k, g)
-                g = self.landmark_potentials[k].clone()
-            transported[m], plans[m] = self.adapted_transport(m, x, targets, g)
+            g = self.landmark_potentials[k].clone() if landmarks is not None else potentials[m]
+            transported[m], plans[m] = self.adapted_transport(m, modality_emb[m], targets, g)
         fused = self.fuse(id_emb, transported, gamma)
         return OATOutput(fused, transported, loss, gamma, plans)
+
+    def align(self, modality_emb: Mapping[str, torch.Tensor], targets: torch.Tensor, store: bool = True
+              ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Step 1 only: ``(sum_m W_m, {m: g_m})`` from one Sinkhorn solve per modality.
+
+        With ``store`` (``targets`` are the landmarks) the potentials ``g`` also refresh the stored
+        landmark potentials that :meth:`transport` uses (in training, or when none are stored yet).
+        """
+        loss, potentials = targets.new_zeros(()), {}
+        for k, m in enumerate(self.modalities):
+            solved = sinkhorn(modality_emb[m], targets, eps=self.eps, cost=self.cost, max_iter=self.max_iter,
+                              tol=self.tol)
+            loss = loss + solved.cost
+            potentials[m] = solved.g.detach()
+            if store and (self.training or not bool(self.potentials_ready[k])):
+                self._store_potentials(k, potentials[m])
+        return loss, potentials
 
     def fuse(self, id_emb: torch.Tensor, transported: Mapping[str, torch.Tensor], gamma=None) -> torch.Tensor:
         """``id_emb + sum_m gamma_m transported_m``."""

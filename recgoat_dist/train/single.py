@@ -74,7 +74,9 @@ class FullGraph:
         was_training = self.model.training
         self.model.eval()
         try:
-            return self.model.final_embeddings(self.forward())
+            reps = self.forward()
+            reps.item_cold = self.inputs.graph.in_degrees(etype="rates") == 0
+            return self.model.final_embeddings(reps)
         finally:
             self.model.train(was_training)
 

@@ -132,9 +132,14 @@ def full_representations(graph, store: InferenceStore, with_streams: bool = True
 
 
 @torch.no_grad()
-def final_vectors(model, graph, own: dict, store: InferenceStore):
-    """``(this partition's users (U_p, d), all items (I, d))`` as ``RecGOAT.final_embeddings`` ranks them."""
-    users, items = model.final_embeddings(full_representations(graph, store))
+def final_vectors(model, graph, own: dict, store: InferenceStore, item_degree=None):
+    """``(this partition's users (U_p, d), all items (I, d))`` as ``RecGOAT.final_embeddings`` ranks them.
+
+    ``item_degree``: training degree of every item (a DistTensor), to mark the cold items."""
+    reps = full_representations(graph, store)
+    if item_degree is not None:
+        reps.item_cold = _pull_all(graph, "item", lambda b: item_degree[b]) == 0
+    users, items = model.final_embeddings(reps)
     return users[own["user"]], items
 
 

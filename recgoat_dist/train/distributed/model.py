@@ -49,6 +49,15 @@ class SparseTables:
                        for nt in NTYPES}
         self.optimizer = SparseAdam(list(self.tables.values()), lr=lr)
 
+    def step(self) -> None:
+        """Apply this batch's row gradients on the servers, then forget the batch's rows."""
+        # DGL's sparse optimiser keeps every looked-up row and its gradient until zero_grad()
+        # flags them for clearing at the end of the next step(). Without it each step re-applies
+        # all earlier batches' gradients and the trainer's memory grows by a batch per step.
+        self.optimizer.zero_grad()
+        self.optimizer.step()
+        assert not any(t._trace for t in self.tables.values()), "sparse rows still traced after step()"
+
     def lookup(self, nodes: dict) -> dict[str, torch.Tensor]:
         return {nt: self.tables[nt](nodes[nt]) for nt in NTYPES}
 

@@ -197,7 +197,7 @@ def train_epoch(s: Setup, epoch: int, state) -> dict:
         s.dense_optimizer.zero_grad()
         loss.backward()
         s.dense_optimizer.step()
-        s.tables.optimizer.step()
+        s.tables.step()
         for key, value in {"loss": float(loss), **parts}.items():
             sums[key] = sums.get(key, 0.0) + value
         edges += pos_graph.num_edges(RATES)
@@ -217,7 +217,7 @@ def evaluate(s: Setup, splits: tuple) -> dict:
     sync_buffers(s.model)
     layerwise_inference(s.model, s.graph, s.own, s.tables, s.inputs, s.store)
     s.inference_fresh = True
-    users, items = final_vectors(s.model, s.graph, s.own, s.store)
+    users, items = final_vectors(s.model, s.graph, s.own, s.store, s.inputs.degree["item"])
     heldout = {split: s.eval_data[split] for split in splits}
     return evaluate_partition(users, items, s.eval_data["train"], heldout, s.ks)
 
