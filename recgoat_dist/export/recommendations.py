@@ -34,6 +34,20 @@ def _embedding_table(id_name: str, ids: np.ndarray, emb: np.ndarray, **extra) ->
                      **{k: pa.array(v) for k, v in extra.items()}})
 
 
+def recommendation_table(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.ndarray, train,
+                         k: int, user_ids: np.ndarray, item_ids: np.ndarray) -> pa.Table:
+    """Top-``k`` items of ``users`` (rows of ``user_emb`` and ``train``), never a training item."""
+    top = topk_items(user_emb, item_emb, users, train, k)
+    # A user who has trained on almost the whole catalog gets fewer than k items.
+    valid = ~train.contains(users[:, None], top)
+    scores = torch.einsum("ud,ukd->uk", user_emb[users], item_emb[torch.from_numpy(top)]).numpy()
+    rows, cols = np.nonzero(valid)
+    return pa.table({"user_id": pa.array(user_ids[users[rows]], pa.string()),
+                     "rank": pa.array(cols.astype(np.int16)),
+                     "item_id": pa.array(item_ids[top[rows, cols]], pa.string()),
+                     "score": pa.array(scores[rows, cols].astype(np.float32))})
+
+
 def export_run(run_url: str, out: str, top_k: int = 100, checkpoint: str = "best",
                user_block: int = 4096, overwrite: bool = False) -> dict:
     """Write embeddings and top-``top_k`` recommendations of the run at ``run_url`` to ``out``."""
@@ -43,6 +57,10 @@ def export_run(run_url: str, out: str, top_k: int = 100, checkpoint: str = "best
 
     start = time.perf_counter()
     run = Run(run_url)
+    if run.artifact.get("distributed"):
+        raise ValueError(f"{run_url} is a distributed run: its workers published its export at "
+                         f"{run_url.rstrip('/')}/export (cluster.export_top_k); a single process would "
+                         "need the whole graph in memory")
     config = run.config
     inputs = load_inputs(config)
     model = run.load_model(checkpoint)
@@ -62,17 +80,8 @@ def export_run(run_url: str, out: str, top_k: int = 100, checkpoint: str = "best
         k = min(top_k, inputs.num_items)
         for lo, hi in tqdm(list(chunk_ranges(inputs.num_users, user_block)), desc="recommendations",
                            unit="block", mininterval=2):
-            users = np.arange(lo, hi)
-            top = topk_items(user_emb, item_emb, users, inputs.train, k)
-            # A user who has trained on almost the whole catalog gets fewer than k items.
-            valid = ~inputs.train.contains(users[:, None], top)
-            scores = torch.einsum("ud,ukd->uk", user_emb[users], item_emb[torch.from_numpy(top)]).numpy()
-            rows, cols = np.nonzero(valid)
-            writer.write_table(f"recommendations/part-{lo:012d}.parquet", pa.table({
-                "user_id": pa.array(user_ids[users[rows]], pa.string()),
-                "rank": pa.array(cols.astype(np.int16)),
-                "item_id": pa.array(item_ids[top[rows, cols]], pa.string()),
-                "score": pa.array(scores[rows, cols].astype(np.float32))}))
+            writer.write_table(f"recommendations/part-{lo:012d}.parquet", recommendation_table(
+                user_emb, item_emb, np.arange(lo, hi), inputs.train, k, user_ids, item_ids))
         manifest = writer.commit({"run": run.url, "model": config.model.name, "checkpoint": checkpoint,
                                   "dataset": inputs.dataset_url, "num_users": inputs.num_users,
                                   "num_items": inputs.num_items, "dim": int(users_np.shape[1]), "top_k": k})

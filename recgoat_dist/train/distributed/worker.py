@@ -19,6 +19,8 @@ import ray
 import torch
 
 from recgoat_dist.train.distributed import checkpoint, servers
+from recgoat_dist.storage import join
+from recgoat_dist.train.distributed.export import EXPORT_DIR, clear_export, export_partition
 from recgoat_dist.train.distributed.inference import (InferenceStore, evaluate_partition, final_vectors,
                                                       layerwise_inference, local_rows, own_nodes,
                                                       refresh_landmarks)
@@ -33,6 +35,8 @@ def train_loop_per_worker(loop: dict) -> None:
 
     cfg = loop["config"]
     rank = ray.train.get_context().get_world_rank()
+    # One Sinkhorn solve per batch: its per-call INFO line would drown the worker logs.
+    logging.getLogger("recgoat_dist.ot.sinkhorn").setLevel(logging.WARNING)
     if rank == 0:
         ray.get(loop["state"].start_attempt.remote())
     torch.manual_seed(cfg["train"]["seed"] + rank)
@@ -62,6 +66,8 @@ def train_loop_per_worker(loop: dict) -> None:
                 metrics.update(final_checks(s))
                 if s.eval_data is not None:
                     metrics["final"] = evaluate(s, ("valid", "test"))
+                    if cfg["cluster"]["export_top_k"] > 0 and loop.get("out"):
+                        metrics["export_files"] = export(s, loop)
             checkpoint.report(metrics, epoch, lambda d: checkpoint.save(
                 d, rank, s.own, s.tables, s.objective.module, s.dense_optimizer, epoch, history))
             if last:
@@ -266,6 +272,20 @@ def final_checks(s: Setup) -> dict:
     workers: list = [None] * dist.get_world_size()
     dist.all_gather_object(workers, record, group=s.service.group)
     return {"dense_params_in_sync": bool(in_sync), "workers": workers}
+
+
+def export(s: Setup, loop: dict) -> dict:
+    """Every worker writes its part of ``<out>/export``; returns all workers' files (collective)."""
+    import torch.distributed as dist
+
+    out = join(loop["out"], EXPORT_DIR)
+    if s.rank == 0:
+        clear_export(out)
+    _sync(s.service)
+    files = export_partition(s, loop, out, loop["config"]["cluster"]["export_top_k"])
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, files, group=s.service.group)
+    return {rel: entry for part in gathered for rel, entry in part.items()}
 
 
 def _sync(service) -> None:
