@@ -38,8 +38,12 @@ class FeatureStream(nn.Module):
             return self.project(x[:n_out])
         used = blocks[len(blocks) - len(self.gats):]
         h = self.project(x[:used[0].num_src_nodes(self.ntype)])
-        for gat, block in zip(self.gats, used):
+        for layer, block in enumerate(used):
             rel = block[self.etype]
-            h_dst = h[:rel.num_dst_nodes()]
-            h = h_dst + gat(rel, (h, h_dst)).flatten(1)
+            h = self.hop(layer, rel, h, h[:rel.num_dst_nodes()])
         return h[:n_out]
+
+    def hop(self, layer: int, rel: dgl.DGLGraph, h_src: torch.Tensor, h_dst: torch.Tensor) -> torch.Tensor:
+        """GAT layer ``layer`` on one relation graph: residual plus concatenated heads. Also used by
+        the distributed layer-wise inference, one hop at a time."""
+        return h_dst + self.gats[layer](rel, (h_src, h_dst)).flatten(1)

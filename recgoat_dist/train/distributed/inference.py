@@ -34,17 +34,6 @@ def streams_of(model) -> dict:
     return out
 
 
-def stream_hop(stream, layer: int, rel, h_src: torch.Tensor, h_dst: torch.Tensor) -> torch.Tensor:
-    """One GAT layer of a ``FeatureStream`` on full neighbourhoods.
-
-    Uses ``stream.hop`` when the model provides it; otherwise mirrors ``FeatureStream.forward``
-    (residual plus concatenated heads).
-    """
-    if hasattr(stream, "hop"):
-        return stream.hop(layer, rel, h_src, h_dst)
-    return h_dst + stream.gats[layer](rel, (h_src, h_dst)).flatten(1)
-
-
 class InferenceStore:
     """Persistent ``DistTensor``s for every hop of every stream, created once and reused."""
 
@@ -101,7 +90,7 @@ def layerwise_inference(model, graph, own: dict, tables, inputs: NodeInputs, sto
                     if s.ntype == nt and k <= len(s.gats):
                         h_src = store.streams[key][k - 1][src_ids[nt]]
                         h_dst = h_src[:len(b)]
-                        store.streams[key][k][b] = stream_hop(s, k - 1, block[s.etype], h_src, h_dst)
+                        store.streams[key][k][b] = s.hop(k - 1, block[s.etype], h_src, h_dst)
     _sync(graph)
     model.train(was_training)
 
