@@ -87,7 +87,6 @@ class ClusterConfig:
     max_failures: int = 1
     num_samplers: int = 0
     fanouts: list = field(default_factory=lambda: [10, 10, 10])
-    export_top_k: int = 100            # workers write <run>/export with this many items per user (0: none)
 
 
 @dataclass

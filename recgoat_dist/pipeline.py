@@ -78,6 +78,11 @@ def _demo(args: argparse.Namespace) -> int:
     metrics = train(config, run_url)
     print(print_metrics_table(metrics))
     print(f"run written to {run_url} (metrics.json, report.png, config.yaml)")
+    from recgoat_dist.export.recommendations import export_run
+    export_url = join(args.out, "export")       # derived from this run: replaces an older demo's
+    manifest = export_run(run_url, export_url, top_k=20, overwrite=True)
+    print(f"export written to {export_url}: embeddings of {manifest['num_users']} users and "
+          f"{manifest['num_items']} items, top {manifest['top_k']} items per user")
     return 0
 
 

@@ -51,3 +51,18 @@ def test_export_by_original_ids(trained_run, tmp_path):
     i_emb = dict(zip(items["item_id"].to_pylist(), items["embedding"].to_numpy(zero_copy_only=False)))
     row = recs.iloc[7]
     assert np.dot(u_emb[row.user_id], i_emb[row.item_id]) == pytest.approx(row.score, rel=1e-4, abs=1e-5)
+
+
+def test_demo_runs_the_whole_pipeline_in_one_process(tmp_path, capsys):
+    """`recgoat demo` (as `make demo DEMO_WORKERS=0`, shortened): data, graph, training, the metrics
+    table and an export; the test split's cold items are reported."""
+    from pathlib import Path
+
+    demo = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    out = tmp_path / "demo"
+    assert main(["demo", "--config", demo, "--set", "cluster.num_workers=0", "--set", "train.epochs=1",
+                 "--set", "train.progress=false", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "recall" in printed and "test_cold" in printed and "export written" in printed
+    export = Artifact(str(out / "export"), kind="export")
+    assert export["num_users"] == 2000 and export["num_items"] == 1500 and export["top_k"] == 20

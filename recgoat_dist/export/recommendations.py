@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -21,14 +22,14 @@ import torch
 from tqdm.auto import tqdm
 
 from recgoat_dist.data.dataset import Dataset, chunk_ranges
-from recgoat_dist.eval.metrics import topk_items
-from recgoat_dist.storage import ArtifactWriter
+from recgoat_dist.eval.metrics import UserItems, topk_items
+from recgoat_dist.storage import Artifact, ArtifactWriter, join
 
 logger = logging.getLogger(__name__)
 ROWS_PER_FILE = 262_144
 
 
-def _embedding_table(id_name: str, ids: np.ndarray, emb: np.ndarray, **extra) -> pa.Table:
+def embedding_table(id_name: str, ids: np.ndarray, emb: np.ndarray, **extra) -> pa.Table:
     values = pa.FixedSizeListArray.from_arrays(pa.array(emb.astype(np.float32).ravel()), emb.shape[1])
     return pa.table({id_name: pa.array(ids, pa.string()), "embedding": values,
                      **{k: pa.array(v) for k, v in extra.items()}})
@@ -50,40 +51,77 @@ def recommendation_table(user_emb: torch.Tensor, item_emb: torch.Tensor, users: 
 
 def export_run(run_url: str, out: str, top_k: int = 100, checkpoint: str = "best",
                user_block: int = 4096, overwrite: bool = False) -> dict:
-    """Write embeddings and top-``top_k`` recommendations of the run at ``run_url`` to ``out``."""
-    from recgoat_dist.train.inputs import load_inputs
+    """Write embeddings and top-``top_k`` recommendations of the run at ``run_url`` to ``out``.
+
+    A single-process run is re-inferred from its ``checkpoint``; a distributed run is exported from
+    the final embeddings its workers wrote (``<run>/embeddings``), so no process needs the graph.
+    """
     from recgoat_dist.train.run import Run
-    from recgoat_dist.train.single import FullGraph
 
     start = time.perf_counter()
     run = Run(run_url)
     if run.artifact.get("distributed"):
-        raise ValueError(f"{run_url} is a distributed run: its workers published its export at "
-                         f"{run_url.rstrip('/')}/export (cluster.export_top_k); a single process would "
-                         "need the whole graph in memory")
-    config = run.config
-    inputs = load_inputs(config)
-    model = run.load_model(checkpoint)
-    user_emb, item_emb = FullGraph(model, inputs).embeddings()
-    logger.info("inference for %d users and %d items in %.1f s", inputs.num_users, inputs.num_items,
+        v = _distributed_vectors(run)
+    else:
+        v = _single_process_vectors(run, checkpoint)
+    logger.info("embeddings of %d users and %d items ready in %.1f s", len(v.user), len(v.item),
                 time.perf_counter() - start)
-    dataset = Dataset(inputs.dataset_url)
+    dataset = Dataset(v.dataset_url)
     user_ids, item_ids = dataset.original_ids("user"), dataset.original_ids("item")
-    users_np, items_np = user_emb.numpy(), item_emb.numpy()
+    users_np, items_np = v.user.numpy(), v.item.numpy()
+    num_users, num_items = len(users_np), len(items_np)
 
     with ArtifactWriter(out, kind="export", overwrite=overwrite) as writer:
-        for lo, hi in chunk_ranges(inputs.num_users, ROWS_PER_FILE):
-            writer.write_table(f"users/part-{lo:012d}.parquet", _embedding_table("user_id", user_ids[lo:hi], users_np[lo:hi]))
-        for lo, hi in chunk_ranges(inputs.num_items, ROWS_PER_FILE):
-            writer.write_table(f"items/part-{lo:012d}.parquet", _embedding_table(
-                "item_id", item_ids[lo:hi], items_np[lo:hi], cold=inputs.cold_items[lo:hi]))
-        k = min(top_k, inputs.num_items)
-        for lo, hi in tqdm(list(chunk_ranges(inputs.num_users, user_block)), desc="recommendations",
+        for lo, hi in chunk_ranges(num_users, ROWS_PER_FILE):
+            writer.write_table(f"users/part-{lo:012d}.parquet", embedding_table("user_id", user_ids[lo:hi], users_np[lo:hi]))
+        for lo, hi in chunk_ranges(num_items, ROWS_PER_FILE):
+            writer.write_table(f"items/part-{lo:012d}.parquet", embedding_table(
+                "item_id", item_ids[lo:hi], items_np[lo:hi], cold=v.cold[lo:hi]))
+        k = min(top_k, num_items)
+        for lo, hi in tqdm(list(chunk_ranges(num_users, user_block)), desc="recommendations",
                            unit="block", mininterval=2):
             writer.write_table(f"recommendations/part-{lo:012d}.parquet", recommendation_table(
-                user_emb, item_emb, np.arange(lo, hi), inputs.train, k, user_ids, item_ids))
-        manifest = writer.commit({"run": run.url, "model": config.model.name, "checkpoint": checkpoint,
-                                  "dataset": inputs.dataset_url, "num_users": inputs.num_users,
-                                  "num_items": inputs.num_items, "dim": int(users_np.shape[1]), "top_k": k})
+                v.user, v.item, np.arange(lo, hi), v.train, k, user_ids, item_ids))
+        manifest = writer.commit({"run": run.url, "model": run.config.model.name, "checkpoint": v.checkpoint,
+                                  "dataset": v.dataset_url, "num_users": num_users, "num_items": num_items,
+                                  "dim": int(users_np.shape[1]), "top_k": k})
     logger.info("exported %s to %s in %.1f s", run.url, out, time.perf_counter() - start)
     return manifest
+
+
+@dataclass
+class RunVectors:
+    user: torch.Tensor          # (num_users, d), rows = dataset user ids
+    item: torch.Tensor          # (num_items, d)
+    cold: np.ndarray            # (num_items,) bool: no training interaction
+    train: UserItems            # never recommended
+    dataset_url: str
+    checkpoint: str
+
+
+def _single_process_vectors(run, checkpoint: str) -> RunVectors:
+    from recgoat_dist.train.inputs import load_inputs
+    from recgoat_dist.train.single import FullGraph
+
+    inputs = load_inputs(run.config)
+    user, item = FullGraph(run.load_model(checkpoint), inputs).embeddings()
+    return RunVectors(user, item, inputs.cold_items, inputs.train, inputs.dataset_url, checkpoint)
+
+
+def _distributed_vectors(run) -> RunVectors:
+    from recgoat_dist.train.distributed.embeddings import EMBEDDINGS_DIR
+
+    art = Artifact(join(run.url, EMBEDDINGS_DIR), kind="embeddings")
+    user = torch.empty(art["num_users"], art["dim"])
+    item = torch.empty(art["num_items"], art["dim"])
+    cold = np.zeros(art["num_items"], dtype=bool)
+    for name, table in (("user", user), ("item", item)):
+        for rel in art.files(f"{name}s/"):
+            rows = art.read_table(rel)
+            ids = torch.from_numpy(rows[f"{name}_id"].to_numpy())
+            table[ids] = torch.from_numpy(np.stack(rows["embedding"].to_numpy(zero_copy_only=False)))
+            if name == "item":
+                cold[ids.numpy()] = rows["cold"].to_numpy(zero_copy_only=False)
+    train = Dataset(art["dataset"]).interactions("train")
+    pairs = UserItems.from_pairs(train["user_id"], train["item_id"], len(user), len(item))
+    return RunVectors(user, item, cold, pairs, art["dataset"], art.get("checkpoint", "final"))

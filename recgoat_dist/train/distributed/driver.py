@@ -116,7 +116,7 @@ def fit(config: Config, partitions: str, out: str, *, graph_name: str, dataset: 
         "dense_params_in_sync": metrics.get("dense_params_in_sync"),
         "history": history,
         "final": metrics.get("final"),
-        "export_files": metrics.get("export_files"),
+        "embedding_files": metrics.get("embedding_files"),
         "epochs_run": len(history),
         "seconds": round(time.perf_counter() - start, 2),
         "checkpoint": result.checkpoint.path if result.checkpoint else None,
@@ -156,7 +156,7 @@ def run_distributed(config: Config, out: str) -> dict:
     summary = fit(config, partitions, out, graph_name=art.get("graph_name", "recgoat"),
                   dataset=art.get("dataset"), id_maps=partitions)
     history = [_as_single_history(h) for h in summary.pop("history")]
-    export_files = summary.pop("export_files", None)
+    embedding_files = summary.pop("embedding_files", None)
     final = summary.pop("final", None) or {}
     scored = [h for h in history if h["valid"]]
     metric = config.train.valid_metric
@@ -166,15 +166,14 @@ def run_distributed(config: Config, out: str) -> dict:
                "valid_metric": metric, "seed": config.train.seed,
                "seconds_per_epoch": (sum(h["seconds"] for h in history) / len(history)) if history else None,
                # valid/test of the final model (best_epoch says which epoch scored best on valid)
-               **{split: final[split] for split in ("valid", "test") if split in final}}
-    if export_files:
-        from recgoat_dist.train.distributed.export import EXPORT_DIR, publish_export
-        publish_export(join(out, EXPORT_DIR), export_files, {
+               **{split: final[split] for split in ("valid", "test", "valid_cold", "test_cold") if split in final}}
+    if embedding_files:
+        from recgoat_dist.train.distributed.embeddings import EMBEDDINGS_DIR, publish_embeddings
+        publish_embeddings(join(out, EMBEDDINGS_DIR), embedding_files, {
             "run": out, "model": config.model.name, "checkpoint": "final", "dataset": art.get("dataset"),
             "num_users": sum(w["inner_users"] for w in summary["workers"]),
-            "num_items": sum(w["inner_items"] for w in summary["workers"]),
-            "dim": config.model.dim, "top_k": config.cluster.export_top_k, "num_workers": summary["num_workers"]})
-        metrics["export"] = join(out, EXPORT_DIR)
+            "num_items": sum(w["inner_items"] for w in summary["workers"]), "dim": config.model.dim})
+        metrics["embeddings"] = join(out, EMBEDDINGS_DIR)
     from recgoat_dist.train.report import plot_history
     with ArtifactWriter(out, kind="run") as writer:
         writer.write_bytes("config.yaml", config.to_yaml().encode())

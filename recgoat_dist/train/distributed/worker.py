@@ -20,7 +20,8 @@ import torch
 
 from recgoat_dist.train.distributed import checkpoint, servers
 from recgoat_dist.storage import join
-from recgoat_dist.train.distributed.export import EXPORT_DIR, clear_export, export_partition
+from recgoat_dist.train.distributed.embeddings import (EMBEDDINGS_DIR, clear_embeddings,
+                                                       write_partition_embeddings)
 from recgoat_dist.train.distributed.inference import (InferenceStore, evaluate_partition, final_vectors,
                                                       layerwise_inference, local_rows, own_nodes,
                                                       refresh_landmarks)
@@ -66,8 +67,8 @@ def train_loop_per_worker(loop: dict) -> None:
                 metrics.update(final_checks(s))
                 if s.eval_data is not None:
                     metrics["final"] = evaluate(s, ("valid", "test"))
-                    if cfg["cluster"]["export_top_k"] > 0 and loop.get("out"):
-                        metrics["export_files"] = export(s, loop)
+                    if loop.get("out"):
+                        metrics["embedding_files"] = write_embeddings(s, loop)
             checkpoint.report(metrics, epoch, lambda d: checkpoint.save(
                 d, rank, s.own, s.tables, s.objective.module, s.dense_optimizer, epoch, history))
             if last:
@@ -225,6 +226,13 @@ def evaluate(s: Setup, splits: tuple) -> dict:
     s.inference_fresh = True
     users, items = final_vectors(s.model, s.graph, s.own, s.store, s.inputs.degree["item"])
     heldout = {split: s.eval_data[split] for split in splits}
+    if "test" in splits:            # the final evaluation also reports cold items, as single-process runs do
+        cold = np.concatenate([s.inputs.degree["item"][torch.arange(i, min(i + 65536, len(items)))].numpy()
+                               for i in range(0, len(items), 65536)]) == 0
+        if cold.any():              # the same on every worker: the collective below runs everywhere
+            for split in splits:
+                rows, held = s.eval_data[split]
+                heldout[f"{split}_cold"] = (rows[cold[held]], held[cold[held]])
     return evaluate_partition(users, items, s.eval_data["train"], heldout, s.ks)
 
 
@@ -274,15 +282,15 @@ def final_checks(s: Setup) -> dict:
     return {"dense_params_in_sync": bool(in_sync), "workers": workers}
 
 
-def export(s: Setup, loop: dict) -> dict:
-    """Every worker writes its part of ``<out>/export``; returns all workers' files (collective)."""
+def write_embeddings(s: Setup, loop: dict) -> dict:
+    """Every worker writes its rows of ``<out>/embeddings``; returns all workers' files (collective)."""
     import torch.distributed as dist
 
-    out = join(loop["out"], EXPORT_DIR)
+    out = join(loop["out"], EMBEDDINGS_DIR)
     if s.rank == 0:
-        clear_export(out)
+        clear_embeddings(out)
     _sync(s.service)
-    files = export_partition(s, loop, out, loop["config"]["cluster"]["export_top_k"])
+    files = write_partition_embeddings(s, loop, out)
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, files, group=s.service.group)
     return {rel: entry for part in gathered for rel, entry in part.items()}

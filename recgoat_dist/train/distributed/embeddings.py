@@ -1,0 +1,74 @@
+"""Final embeddings of a distributed run, written by the workers: ``<run>/embeddings``.
+
+Each worker writes its own partition's users, with the vectors of the layer-wise full inference
+(``inference.final_vectors``); rank 0 also writes every item. No worker holds the graph or more
+than its own users plus the catalogue's item vectors. Rows are keyed by *dataset* ids (DGL
+renumbers nodes when it partitions; the partitions' id maps undo that), so the artifact does not
+depend on the partitioning. The workers only write data files; the driver publishes the manifest
+(:func:`publish_embeddings`) once every worker has finished, so a reader never sees a partial set.
+``recgoat export`` turns it into top-K recommendations by original id.
+
+Layout (manifest last)::
+
+    users/part-r<rank>-<start>.parquet   user_id int64, embedding fixed_size_list<float32>[d]
+    items/part-<start>.parquet           item_id int64, embedding fixed_size_list<float32>[d], cold bool
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from recgoat_dist.storage import MANIFEST, ArtifactWriter, exists, filesystem, join
+
+logger = logging.getLogger(__name__)
+EMBEDDINGS_DIR = "embeddings"
+ROWS_PER_FILE = 262_144
+
+
+def embedding_rows(id_name: str, ids: np.ndarray, emb: torch.Tensor, **extra) -> pa.Table:
+    values = pa.FixedSizeListArray.from_arrays(pa.array(emb.numpy().astype(np.float32).ravel()), emb.shape[1])
+    return pa.table({id_name: pa.array(ids, pa.int64()), "embedding": values,
+                     **{k: pa.array(v) for k, v in extra.items()}})
+
+
+def write_partition_embeddings(s, loop: dict, out: str) -> dict:
+    """Write this worker's rows under ``out``; returns the files it wrote (no manifest)."""
+    from recgoat_dist.graph import load_id_maps
+    from recgoat_dist.train.distributed.inference import final_vectors
+
+    start = time.perf_counter()
+    users, items = final_vectors(s.model, s.graph, s.own, s.store, s.inputs.degree["item"])
+    to_dataset = load_id_maps(loop["id_maps"])
+    writer = ArtifactWriter(out, kind="embeddings")     # no commit here: the driver publishes
+    user_ids = to_dataset["user"][s.own["user"].numpy()]
+    for lo in range(0, len(user_ids), ROWS_PER_FILE):
+        writer.write_table(f"users/part-r{s.rank:04d}-{lo:012d}.parquet",
+                           embedding_rows("user_id", user_ids[lo:lo + ROWS_PER_FILE], users[lo:lo + ROWS_PER_FILE]))
+    if s.rank == 0:
+        n = len(items)
+        cold = torch.cat([s.inputs.degree["item"][torch.arange(i, min(i + 65536, n))]
+                          for i in range(0, n, 65536)]).numpy() == 0
+        for lo in range(0, n, ROWS_PER_FILE):
+            hi = min(lo + ROWS_PER_FILE, n)
+            writer.write_table(f"items/part-{lo:012d}.parquet", embedding_rows(
+                "item_id", to_dataset["item"][lo:hi], items[lo:hi], cold=cold[lo:hi]))
+    logger.info("rank %d wrote %d user embeddings in %.1f s", s.rank, len(user_ids), time.perf_counter() - start)
+    return dict(writer.files)
+
+
+def clear_embeddings(out: str) -> None:
+    """Remove an earlier attempt's manifest, so a restarted run never shows a stale set."""
+    if exists(join(out, MANIFEST)):
+        fs, path = filesystem(out)
+        fs.rm(join(path, MANIFEST))
+
+
+def publish_embeddings(out: str, files: dict, meta: dict) -> dict:
+    """Write the manifest of the files the workers wrote: the embeddings become visible."""
+    writer = ArtifactWriter(out, kind="embeddings")
+    writer.files.update(files)
+    return writer.commit(meta)
