@@ -13,7 +13,7 @@ import logging
 import time
 
 from recgoat_dist.config import Config, load_config
-from recgoat_dist.storage import Artifact, StorageError, join
+from recgoat_dist.storage import Artifact, StorageError, absolute, join
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ def _demo(args: argparse.Namespace) -> int:
     from recgoat_dist.eval import print_metrics_table
     from recgoat_dist.inspect import summary
 
+    args.out = absolute(args.out)       # artifacts record each other's locations
     config = ensure_inputs(load_config(args.config, args.set), join(args.out, "inputs"))
     info = summary(config.data.dataset)
     print(f"dataset: {info['num_users']} users, {info['num_items']} items, {info['num_interactions']} "

@@ -63,6 +63,13 @@ def join(url: str, *parts: str) -> str:
     return posixpath.join(str(url).rstrip("/"), *parts)
 
 
+def absolute(url: str) -> str:
+    """``url``, with a relative local path made absolute (other processes, e.g. Ray workers and
+    graph servers, may run in another directory); URLs with a scheme are returned unchanged."""
+    url = str(url)
+    return url if "://" in url else os.path.abspath(url)
+
+
 def is_local(url: str) -> bool:
     fs, _ = filesystem(url)
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))

@@ -118,7 +118,7 @@ def _distributed_vectors(run) -> RunVectors:
     for name, table in (("user", user), ("item", item)):
         for rel in art.files(f"{name}s/"):
             rows = art.read_table(rel)
-            ids = torch.from_numpy(rows[f"{name}_id"].to_numpy())
+            ids = torch.from_numpy(rows[f"{name}_id"].to_numpy().copy())   # Arrow buffers are read-only
             table[ids] = torch.from_numpy(np.stack(rows["embedding"].to_numpy(zero_copy_only=False)))
             if name == "item":
                 cold[ids.numpy()] = rows["cold"].to_numpy(zero_copy_only=False)

@@ -10,7 +10,7 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from recgoat_dist.config import Config
-from recgoat_dist.storage import Artifact, ArtifactWriter, join
+from recgoat_dist.storage import Artifact, ArtifactWriter, absolute, join
 
 logger = logging.getLogger(__name__)
 TRAIN_DIR = "ray_train"          # Ray Train's run directory (checkpoints) under the run URL
@@ -81,6 +81,9 @@ def fit(config: Config, partitions: str, out: str, *, graph_name: str, dataset: 
     from recgoat_dist.train.distributed import shim
     from recgoat_dist.train.distributed.worker import train_loop_per_worker
 
+    # Workers and graph servers run in other directories: hand them absolute locations.
+    partitions, out = absolute(partitions), absolute(out)
+    dataset, id_maps = (absolute(u) if u else u for u in (dataset, id_maps))
     workers = config.cluster.num_workers
     started = ensure_ray(config)
     state = ray.remote(num_cpus=0)(RunState).remote()
