@@ -142,6 +142,10 @@ def test_lfm2k_two_workers_match_one_worker(local_ray, lfm2k_graph, lfm2k_datase
         assert all(key in w for w in two["workers"])
     assert two["epochs_run"] == one["epochs_run"] == 2
     assert abs(two["valid"]["recall@20"] - one["valid"]["recall@20"]) <= 0.10 * one["valid"]["recall@20"]
+    # valid/test are those of the best validation epoch, as in single-process runs
+    assert two["evaluated_epoch"] == two["best_epoch"]
+    history = json.loads((tmp_path / "run2" / "history.json").read_text())
+    assert two["valid"]["recall@20"] == pytest.approx(history[two["best_epoch"]]["valid"]["recall@20"], abs=1e-9)
     check_export(str(tmp_path / "run2"), lfm2k_dataset, top_k=100)
 
 
@@ -159,7 +163,7 @@ def check_export(run: str, dataset_url: str, top_k: int) -> None:
     embeddings = Artifact(run + "/embeddings", kind="embeddings")
     assert sum(f["rows"] for rel, f in embeddings["files"].items() if rel.startswith("users/")) == 1858
     manifest = export_run(run, run + "-export", top_k=top_k)
-    assert manifest["checkpoint"] == "final"
+    assert manifest["checkpoint"] == "best"
     art = Artifact(run + "-export", kind="export")        # manifest + checksums of every file read
     table = lambda prefix: pa.concat_tables([art.read_table(f) for f in art.files(prefix)])  # noqa: E731
     users, items, recs = table("users/"), table("items/"), table("recommendations/")

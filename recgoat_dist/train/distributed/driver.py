@@ -119,6 +119,7 @@ def fit(config: Config, partitions: str, out: str, *, graph_name: str, dataset: 
         "dense_params_in_sync": metrics.get("dense_params_in_sync"),
         "history": history,
         "final": metrics.get("final"),
+        "evaluated_epoch": metrics.get("evaluated_epoch"),
         "embedding_files": metrics.get("embedding_files"),
         "epochs_run": len(history),
         "seconds": round(time.perf_counter() - start, 2),
@@ -168,12 +169,13 @@ def run_distributed(config: Config, out: str) -> dict:
                "best_epoch": best["epoch"] if best else None,
                "valid_metric": metric, "seed": config.train.seed,
                "seconds_per_epoch": (sum(h["seconds"] for h in history) / len(history)) if history else None,
-               # valid/test of the final model (best_epoch says which epoch scored best on valid)
+               # valid/test of evaluated_epoch: best_epoch, or the last one when a restart came after it
                **{split: final[split] for split in ("valid", "test", "valid_cold", "test_cold") if split in final}}
     if embedding_files:
         from recgoat_dist.train.distributed.embeddings import EMBEDDINGS_DIR, publish_embeddings
         publish_embeddings(join(out, EMBEDDINGS_DIR), embedding_files, {
-            "run": out, "model": config.model.name, "checkpoint": "final", "dataset": art.get("dataset"),
+            "run": out, "model": config.model.name, "dataset": art.get("dataset"),
+            "checkpoint": "best" if metrics["evaluated_epoch"] == metrics["best_epoch"] else "last",
             "num_users": sum(w["inner_users"] for w in summary["workers"]),
             "num_items": sum(w["inner_items"] for w in summary["workers"]), "dim": config.model.dim})
         metrics["embeddings"] = join(out, EMBEDDINGS_DIR)

@@ -6,6 +6,7 @@ else is a named function below or in a sibling module.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -54,11 +55,14 @@ def train_loop_per_worker(loop: dict) -> None:
             _sync(service)
             logger.info("rank %d resumed at epoch %d", rank, start_epoch)
         metric, patience = "valid_" + cfg["train"]["valid_metric"], cfg["train"]["patience"]
+        best = None         # (epoch, snapshot) of the best validation epoch since this (re)start
         for epoch in range(start_epoch, cfg["train"]["epochs"]):
             record = {"epoch": epoch, **train_epoch(s, epoch, loop["state"])}
             if s.eval_data is not None and (epoch + 1) % cfg["train"]["eval_every"] == 0:
                 record.update({f"valid_{k}": v for k, v in evaluate(s, ("valid",))["valid"].items()})
             history.append(record)
+            if metric in record and epochs_without_improvement(history, metric) == 0:
+                best = (epoch, snapshot(s))
             last = epoch + 1 == cfg["train"]["epochs"] or epochs_without_improvement(history, metric) > patience
             metrics = {"epoch": epoch, **{k: v for k, v in record.items() if k in ("loss", metric)}}
             sync_buffers(s.model)
@@ -66,6 +70,11 @@ def train_loop_per_worker(loop: dict) -> None:
                 metrics["history"] = history
                 metrics.update(final_checks(s))
                 if s.eval_data is not None:
+                    # As the single-process trainer: valid and test of the best validation epoch.
+                    # Its weights are lost when a restart came after it; then the last epoch is used.
+                    if best is not None and best[0] != epoch:
+                        restore(s, best[1])
+                    metrics["evaluated_epoch"] = best[0] if best is not None else epoch
                     metrics["final"] = evaluate(s, ("valid", "test"))
                     if loop.get("out"):
                         metrics["embedding_files"] = write_embeddings(s, loop)
@@ -75,6 +84,20 @@ def train_loop_per_worker(loop: dict) -> None:
                 break
     finally:
         servers.disconnect(service)
+
+
+def snapshot(s: "Setup") -> dict:
+    """A copy of this worker's share of the model: its partition's ID rows and the dense state."""
+    return {"rows": {nt: s.tables.tables[nt].weight[s.own[nt]].clone() for nt in NTYPES},
+            "dense": copy.deepcopy(s.objective.module.state_dict())}
+
+
+def restore(s: "Setup", saved: dict) -> None:
+    """Put a :func:`snapshot` back (collective: every worker restores its own rows)."""
+    for nt in NTYPES:
+        s.tables.tables[nt].weight[s.own[nt]] = saved["rows"][nt]
+    s.objective.module.load_state_dict(saved["dense"])
+    _sync(s.service)
 
 
 def epochs_without_improvement(history: list, metric: str) -> int:
