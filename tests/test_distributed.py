@@ -146,22 +146,45 @@ def test_lfm2k_two_workers_match_one_worker(local_ray, lfm2k_graph, lfm2k_datase
     assert two["evaluated_epoch"] == two["best_epoch"]
     history = json.loads((tmp_path / "run2" / "history.json").read_text())
     assert two["valid"]["recall@20"] == pytest.approx(history[two["best_epoch"]]["valid"]["recall@20"], abs=1e-9)
-    check_export(str(tmp_path / "run2"), lfm2k_dataset, top_k=100)
+    check_export(str(tmp_path / "run2"), lfm2k_dataset, top_k=100, test_recall_at_20=two["test"]["recall@20"])
 
 
-def check_export(run: str, dataset_url: str, top_k: int) -> None:
+def test_best_validation_epoch_is_restored_before_the_final_evaluation(local_ray, lfm2k_graph, tmp_path):
+    """With a learning rate this high, validation peaks early: the final valid/test and the
+    embeddings are those of that epoch (restored), not of the last one."""
+    import json
+
+    from recgoat_dist.config import load_config
+    from recgoat_dist.graph import partition_graph_artifact
+    from recgoat_dist.train.distributed import run_distributed
+
+    parts = str(tmp_path / "parts")
+    partition_graph_artifact(lfm2k_graph, parts, 1, "metis")
+    config = load_config(None, ["cluster.num_workers=1", f"data.partitions={parts}", "train.epochs=4",
+                                "train.lr=0.2", "train.batch_size=2048"])
+    metrics = run_distributed(config, str(tmp_path / "run"))
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    scores = [h["valid"]["recall@20"] for h in history]
+    assert metrics["best_epoch"] == int(np.argmax(scores)) < len(history) - 1, scores   # else nothing to restore
+    assert metrics["evaluated_epoch"] == metrics["best_epoch"]
+    assert metrics["valid"]["recall@20"] == pytest.approx(max(scores), abs=1e-9)
+
+
+def check_export(run: str, dataset_url: str, top_k: int, test_recall_at_20: float) -> None:
     """``recgoat export`` of a distributed run, from the embeddings its workers wrote: every user and
     item once, by original id; top-k never holds a training item; scores are the dot products of
     the exported embeddings."""
     import numpy as np
     import pyarrow as pa
+    import pyarrow.compute  # noqa: F401  (pa.compute)
 
     from recgoat_dist.data.dataset import Dataset
     from recgoat_dist.export.recommendations import export_run
     from recgoat_dist.storage import Artifact
 
     embeddings = Artifact(run + "/embeddings", kind="embeddings")
-    assert sum(f["rows"] for rel, f in embeddings["files"].items() if rel.startswith("users/")) == 1858
+    written = pa.concat_tables([embeddings.read_table(f) for f in embeddings.files("users/")])
+    assert sorted(written["user_id"].to_pylist()) == list(range(1858))    # each user once, by dataset id
     manifest = export_run(run, run + "-export", top_k=top_k)
     assert manifest["checkpoint"] == "best"
     art = Artifact(run + "-export", kind="export")        # manifest + checksums of every file read
@@ -178,5 +201,16 @@ def check_export(run: str, dataset_url: str, top_k: int) -> None:
     assert not seen & set(zip(recs["user_id"].to_pylist(), recs["item_id"].to_pylist()))
     u = dict(zip(users["user_id"].to_pylist(), np.stack(users["embedding"].to_numpy(zero_copy_only=False))))
     i = dict(zip(items["item_id"].to_pylist(), np.stack(items["embedding"].to_numpy(zero_copy_only=False))))
+    # The exported top 20 reproduce the run's own test Recall@20: the partitioned -> dataset ->
+    # original id mapping and the vectors are those the workers evaluated.
+    test = ds.interactions("test")
+    held: dict = {}
+    for user, item in zip(user_ids[test["user_id"]].tolist(), item_ids[test["item_id"]].tolist()):
+        held.setdefault(user, set()).add(item)
+    top20: dict = {}
+    for row in recs.filter(pa.compute.less(recs["rank"], 20)).to_pylist():
+        top20.setdefault(row["user_id"], set()).add(row["item_id"])
+    recall = np.mean([len(items & top20.get(user, set())) / len(items) for user, items in held.items()])
+    assert recall == pytest.approx(test_recall_at_20, abs=2e-3), (recall, test_recall_at_20)
     for row in recs.slice(0, 500).to_pylist():
         assert abs(float(u[row["user_id"]] @ i[row["item_id"]]) - row["score"]) <= 1e-4 * max(1.0, abs(row["score"]))

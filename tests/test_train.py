@@ -76,6 +76,32 @@ def test_content_places_cold_items_that_ids_cannot(default_data, tmp_path):
     assert cold["recgoat"] > cold["lightgcn"] + 0.05, cold
 
 
+def test_cold_item_vectors_ignore_their_untrained_id_rows(small):
+    """A cold item's ranked vector comes from its content only: changing its ID row changes nothing,
+    and no cold item is an OAT landmark."""
+    from recgoat_dist.model import build_model
+    from recgoat_dist.train.inputs import load_inputs
+    from recgoat_dist.train.single import model_meta
+
+    _, graph = small
+    config = config_for(graph, "model.name=recgoat")
+    inputs = load_inputs(config)
+    torch.manual_seed(0)
+    model = build_model(config.model, **model_meta(inputs))
+    runner = FullGraph(model, inputs)
+    cold = torch.from_numpy(inputs.cold_items)
+    assert cold.any() and torch.equal(cold, runner.item_cold)
+    users0, items0 = runner.embeddings()
+    assert not cold[model.landmark_idx].any()
+    with torch.no_grad():
+        model.id.item[cold] += 5.0
+    users1, items1 = runner.embeddings()
+    assert torch.equal(items0, items1) and torch.equal(users0, users1)
+    with torch.no_grad():
+        model.id.item[~cold] += 5.0                  # warm items do rank with their ID rows
+    assert not torch.equal(items0[~cold], runner.embeddings()[1][~cold])
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_every_variant_runs_one_epoch(small, tmp_path, name):
     _, graph = small

@@ -61,6 +61,9 @@ def export_run(run_url: str, out: str, top_k: int = 100, checkpoint: str = "best
     start = time.perf_counter()
     run = Run(run_url)
     if run.artifact.get("distributed"):
+        if checkpoint != "best":
+            raise ValueError(f"{run_url} is a distributed run: only its evaluated epoch's embeddings "
+                             f"(<run>/embeddings) can be exported, not checkpoint {checkpoint!r}")
         v = _distributed_vectors(run)
     else:
         v = _single_process_vectors(run, checkpoint)
@@ -116,12 +119,17 @@ def _distributed_vectors(run) -> RunVectors:
     item = torch.empty(art["num_items"], art["dim"])
     cold = np.zeros(art["num_items"], dtype=bool)
     for name, table in (("user", user), ("item", item)):
+        seen = np.zeros(len(table), dtype=np.int64)
         for rel in art.files(f"{name}s/"):
             rows = art.read_table(rel)
             ids = torch.from_numpy(rows[f"{name}_id"].to_numpy().copy())   # Arrow buffers are read-only
             table[ids] = torch.from_numpy(np.stack(rows["embedding"].to_numpy(zero_copy_only=False)))
+            np.add.at(seen, ids.numpy(), 1)
             if name == "item":
                 cold[ids.numpy()] = rows["cold"].to_numpy(zero_copy_only=False)
+        if (seen != 1).any():
+            raise ValueError(f"{art.url}/{name}s/: {int((seen == 0).sum())} {name}s missing and "
+                             f"{int((seen > 1).sum())} written more than once; the embeddings are incomplete")
     train = Dataset(art["dataset"]).interactions("train")
     pairs = UserItems.from_pairs(train["user_id"], train["item_id"], len(user), len(item))
     return RunVectors(user, item, cold, pairs, art["dataset"], art.get("checkpoint", "final"))

@@ -155,7 +155,12 @@ class RecGOAT(nn.Module):
         """(Re-)pick landmark items and users by k-means++ seeding on their ID representations."""
         from recgoat_dist.ot import select_landmarks
         if self.oat is not None:
-            self.landmark_idx = select_landmarks(reps.item_id, self.num_landmarks).to(self.landmark_idx.device)
+            # Landmarks are transport targets: a cold item's ID vector is untrained noise.
+            pool = torch.arange(len(reps.item_id), device=reps.item_id.device)
+            if reps.item_cold is not None and not bool(reps.item_cold.all()):
+                pool = pool[~reps.item_cold]
+            chosen = select_landmarks(reps.item_id[pool], self.num_landmarks)
+            self.landmark_idx = pool[chosen].to(self.landmark_idx.device)
         if self.user_oat is not None:
             self.user_landmark_idx = select_landmarks(reps.user_id, self.num_landmarks).to(self.landmark_idx.device)
 
@@ -233,7 +238,8 @@ class RecGOAT(nn.Module):
             return users, items
         if reps.item_cold is not None and bool(reps.item_cold.any()):
             # A cold item's ID embedding never received a gradient: it is its random initial value.
-            # Its content, transported into the ID space, is the model's estimate of that embedding.
+            # Its content, transported into the ID space, is the model's estimate of that embedding
+            # (with OAT a convex mix of landmark ID vectors; without OAT only a learned stand-in).
             items = torch.where(reps.item_cold[:, None], content, items)
         return users, items + content
 

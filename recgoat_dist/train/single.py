@@ -65,18 +65,19 @@ class FullGraph:
         self.model, self.inputs = model, inputs
         self.blocks = [inputs.graph] * model.num_graph_layers
         self.nodes = {"user": torch.arange(inputs.num_users), "item": torch.arange(inputs.num_items)}
+        self.item_cold = inputs.graph.in_degrees(etype="rates") == 0
 
     def forward(self) -> Representations:
-        return self.model(self.blocks, self.nodes, self.inputs.item_feats, self.inputs.user_feats)
+        reps = self.model(self.blocks, self.nodes, self.inputs.item_feats, self.inputs.user_feats)
+        reps.item_cold = self.item_cold
+        return reps
 
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         was_training = self.model.training
         self.model.eval()
         try:
-            reps = self.forward()
-            reps.item_cold = self.inputs.graph.in_degrees(etype="rates") == 0
-            return self.model.final_embeddings(reps)
+            return self.model.final_embeddings(self.forward())
         finally:
             self.model.train(was_training)
 

@@ -1,8 +1,8 @@
 """Final embeddings of a distributed run, written by the workers: ``<run>/embeddings``.
 
 Each worker writes its own partition's users, with the vectors of the layer-wise full inference
-(``inference.final_vectors``); rank 0 also writes every item. No worker holds the graph or more
-than its own users plus the catalogue's item vectors. Rows are keyed by *dataset* ids (DGL
+(``inference.final_vectors``); rank 0 also writes every item. No worker holds the graph: it pulls
+the final vector tables (users x dim and items x dim) from the servers. Rows are keyed by *dataset* ids (DGL
 renumbers nodes when it partitions; the partitions' id maps undo that), so the artifact does not
 depend on the partitioning. The workers only write data files; the driver publishes the manifest
 (:func:`publish_embeddings`) once every worker has finished, so a reader never sees a partial set.

@@ -5,8 +5,9 @@ worker computes hop ``k`` for its own partition's nodes from hop ``k-1`` of thei
 (pulled from the servers), writes it to a ``DistTensor``, and waits for the others before the next
 hop. This is done for every stream of ``RecGOAT``: LightGCN on ``rates``/``rated_by`` (all layers
 kept, they are averaged), and each content stream's projection followed by its GAT layers on its
-similarity graph. No worker ever holds the graph; the largest thing one holds is the catalogue's
-final item vectors (items x dim per stream) while it ranks its own users.
+similarity graph. No worker ever holds the graph; the largest things one holds are the final
+vector tables pulled from the servers (users x dim and items x dim per stream) while it ranks its
+own users.
 
 Evaluation follows MMRec's full-ranking protocol (``recgoat_dist.eval``): every metric is a mean
 over evaluated users, so each worker evaluates its own users and the sums are all-reduced.
@@ -133,12 +134,14 @@ def final_vectors(model, graph, own: dict, store: InferenceStore, item_degree=No
 
 
 @torch.no_grad()
-def refresh_landmarks(model, graph, store: InferenceStore) -> dict:
+def refresh_landmarks(model, graph, store: InferenceStore, item_degree=None) -> dict:
     """Re-pick the OAT landmarks on rank 0 (k-means++ on full-graph ID representations, as the
     single-process trainer does each epoch), share them, and return their (detached) ID rows."""
     import torch.distributed as dist
 
     reps = full_representations(graph, store, with_streams=False)
+    if item_degree is not None:
+        reps.item_cold = _pull_all(graph, "item", lambda b: item_degree[b]) == 0
     picked = [None]
     if dist.get_rank() == 0:
         model.refresh_landmarks(reps)

@@ -72,12 +72,16 @@ def train_loop_per_worker(loop: dict) -> None:
                 if s.eval_data is not None:
                     # As the single-process trainer: valid and test of the best validation epoch.
                     # Its weights are lost when a restart came after it; then the last epoch is used.
+                    last_state = None
                     if best is not None and best[0] != epoch:
+                        last_state = snapshot(s)
                         restore(s, best[1])
                     metrics["evaluated_epoch"] = best[0] if best is not None else epoch
                     metrics["final"] = evaluate(s, ("valid", "test"))
                     if loop.get("out"):
                         metrics["embedding_files"] = write_embeddings(s, loop)
+                    if last_state is not None:     # the checkpoint below is the last epoch's
+                        restore(s, last_state)
             checkpoint.report(metrics, epoch, lambda d: checkpoint.save(
                 d, rank, s.own, s.tables, s.objective.module, s.dense_optimizer, epoch, history))
             if last:
@@ -214,7 +218,7 @@ def train_epoch(s: Setup, epoch: int, state) -> dict:
     if s.model.oat is not None or s.model.user_oat is not None:
         if not s.inference_fresh:
             layerwise_inference(s.model, s.graph, s.own, s.tables, s.inputs, s.store)
-        s.landmarks = refresh_landmarks(s.model, s.graph, s.store)
+        s.landmarks = refresh_landmarks(s.model, s.graph, s.store, s.inputs.degree["item"])
     s.inference_fresh = False
     start, sums, edges = time.perf_counter(), {}, 0
     for step, (input_nodes, pos_graph, neg_graph, blocks) in enumerate(batches(s.loader, s.steps)):
@@ -256,7 +260,10 @@ def evaluate(s: Setup, splits: tuple) -> dict:
             for split in splits:
                 rows, held = s.eval_data[split]
                 heldout[f"{split}_cold"] = (rows[cold[held]], held[cold[held]])
-    return evaluate_partition(users, items, s.eval_data["train"], heldout, s.ks)
+    out = evaluate_partition(users, items, s.eval_data["train"], heldout, s.ks)
+    # As single-process runs: no cold split when no held-out interaction is on a cold item
+    # (num_users is all-reduced, so every worker drops the same splits).
+    return {k: v for k, v in out.items() if not (k.endswith("_cold") and v["num_users"] == 0)}
 
 
 def load_eval_data(g, users: torch.Tensor, loop: dict) -> Optional[dict]:
