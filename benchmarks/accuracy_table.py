@@ -84,38 +84,13 @@ def goals(runs: dict[str, list[dict]]) -> list[str]:
 
 
 def measure_epoch_times(runs_root: str, variants: list[str], rounds: int) -> dict[str, float]:
-    """Median seconds of one training epoch per variant, measured interleaved in one process.
+    """Median seconds of one training epoch per variant, each rebuilt from its seed-0 run's saved
+    config, epochs interleaved in one process (``epoch_time.time_interleaved``)."""
+    from epoch_time import time_interleaved       # benchmarks/ is this script's directory
 
-    Each variant is rebuilt from its seed-0 run's saved config; epochs alternate between variants
-    so machine load (shared machine) affects all of them alike.
-    """
-    import time
-
-    import numpy as np
-    import torch
-
-    from recgoat_dist.model import build_model
-    from recgoat_dist.train.inputs import load_inputs
     from recgoat_dist.train.run import Run
-    from recgoat_dist.train.sampling import negative_candidates
-    from recgoat_dist.train.single import FullGraph, model_meta, train_epoch
 
-    setups, times = {}, {}
-    for variant in variants:
-        config = Run(os.path.join(runs_root, f"{variant}-seed0")).config
-        inputs = load_inputs(config)
-        model = build_model(config.model, **model_meta(inputs))
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-        setups[variant] = (FullGraph(model, inputs), optimizer, negative_candidates(inputs.train), config)
-        times[variant] = []
-    rng = np.random.default_rng(0)
-    for r in range(rounds + 1):                        # round 0 warms up
-        for variant, (runner, optimizer, candidates, config) in setups.items():
-            start = time.perf_counter()
-            train_epoch(runner, optimizer, candidates, config.train.batch_size, rng, False, r)
-            if r:
-                times[variant].append(time.perf_counter() - start)
-    return {v: float(np.median(t)) for v, t in times.items()}
+    return time_interleaved({v: Run(os.path.join(runs_root, f"{v}-seed0")).config for v in variants}, rounds)
 
 
 def main(argv=None) -> int:

@@ -27,22 +27,32 @@ os.environ.setdefault("DGLBACKEND", "pytorch")
 
 
 def time_epochs(data: str, graph: str, epochs: int) -> dict[str, float]:
-    """Median seconds per training epoch of each setting, epochs interleaved across settings."""
+    """Median seconds per training epoch of LightGCN (batch 2048 and 4096) and RecGOAT (4096)."""
+    from recgoat_dist.config import load_config
+
+    settings = {"lightgcn_b2048": ["model.name=lightgcn", "train.batch_size=2048", "train.lr=0.001"],
+                "lightgcn_b4096": ["model.name=lightgcn"], "recgoat_b4096": ["model.name=recgoat"]}
+    config_file = os.path.join(os.path.dirname(HERE), "configs", "lfm2k.yaml")
+    return time_interleaved({name: load_config(config_file, [f"data.graph={graph}", f"data.dataset={data}", *sets])
+                             for name, sets in settings.items()}, epochs)
+
+
+def time_interleaved(configs: dict, epochs: int) -> dict[str, float]:
+    """Median seconds of one training epoch per named config, measured in this process.
+
+    Epochs alternate between the configs (after one warm-up round), so machine load affects all of
+    them alike.
+    """
     import numpy as np
     import torch
 
-    from recgoat_dist.config import load_config
     from recgoat_dist.model import build_model
     from recgoat_dist.train.inputs import load_inputs
     from recgoat_dist.train.sampling import negative_candidates
     from recgoat_dist.train.single import FullGraph, model_meta, train_epoch
 
-    settings = {"lightgcn_b2048": ["model.name=lightgcn", "train.batch_size=2048", "train.lr=0.001"],
-                "lightgcn_b4096": ["model.name=lightgcn"], "recgoat_b4096": ["model.name=recgoat"]}
-    config_file = os.path.join(os.path.dirname(HERE), "configs", "lfm2k.yaml")
     setups, times = {}, {}
-    for name, sets in settings.items():
-        config = load_config(config_file, [f"data.graph={graph}", f"data.dataset={data}", *sets])
+    for name, config in configs.items():
         torch.manual_seed(0)
         inputs = load_inputs(config)
         model = build_model(config.model, **model_meta(inputs))

@@ -65,7 +65,7 @@ class FullGraph:
         self.model, self.inputs = model, inputs
         self.blocks = [inputs.graph] * model.num_graph_layers
         self.nodes = {"user": torch.arange(inputs.num_users), "item": torch.arange(inputs.num_items)}
-        self.item_cold = inputs.graph.in_degrees(etype="rates") == 0
+        self.item_cold = torch.from_numpy(inputs.cold_items)
 
     def forward(self) -> Representations:
         reps = self.model(self.blocks, self.nodes, self.inputs.item_feats, self.inputs.user_feats)

@@ -35,13 +35,12 @@ def embedding_rows(id_name: str, ids: np.ndarray, emb: torch.Tensor, **extra) ->
                      **{k: pa.array(v) for k, v in extra.items()}})
 
 
-def write_partition_embeddings(s, loop: dict, out: str) -> dict:
-    """Write this worker's rows under ``out``; returns the files it wrote (no manifest)."""
+def write_partition_embeddings(s, loop: dict, out: str, users: torch.Tensor, items: torch.Tensor) -> dict:
+    """Write this worker's rows under ``out``: ``users`` (its partition's) and, on rank 0,
+    ``items`` (all), as ``inference.final_vectors`` returns them. Returns the files (no manifest)."""
     from recgoat_dist.graph import load_id_maps
-    from recgoat_dist.train.distributed.inference import final_vectors
 
     start = time.perf_counter()
-    users, items = final_vectors(s.model, s.graph, s.own, s.store, s.inputs.degree["item"])
     to_dataset = load_id_maps(loop["id_maps"])
     writer = ArtifactWriter(out, kind="embeddings")     # no commit here: the driver publishes
     user_ids = to_dataset["user"][s.own["user"].numpy()]
@@ -49,9 +48,7 @@ def write_partition_embeddings(s, loop: dict, out: str) -> dict:
         writer.write_table(f"users/part-r{s.rank:04d}-{lo:012d}.parquet",
                            embedding_rows("user_id", user_ids[lo:lo + ROWS_PER_FILE], users[lo:lo + ROWS_PER_FILE]))
     if s.rank == 0:
-        n = len(items)
-        cold = torch.cat([s.inputs.degree["item"][torch.arange(i, min(i + 65536, n))]
-                          for i in range(0, n, 65536)]).numpy() == 0
+        n, cold = len(items), s.inputs.item_cold.numpy()
         for lo in range(0, n, ROWS_PER_FILE):
             hi = min(lo + ROWS_PER_FILE, n)
             writer.write_table(f"items/part-{lo:012d}.parquet", embedding_rows(

@@ -122,26 +122,24 @@ def full_representations(graph, store: InferenceStore, with_streams: bool = True
 
 
 @torch.no_grad()
-def final_vectors(model, graph, own: dict, store: InferenceStore, item_degree=None):
+def final_vectors(model, graph, own: dict, store: InferenceStore, item_cold=None):
     """``(this partition's users (U_p, d), all items (I, d))`` as ``RecGOAT.final_embeddings`` ranks them.
 
-    ``item_degree``: training degree of every item (a DistTensor), to mark the cold items."""
+    ``item_cold``: (num_items,) bool, the items without training interactions."""
     reps = full_representations(graph, store)
-    if item_degree is not None:
-        reps.item_cold = _pull_all(graph, "item", lambda b: item_degree[b]) == 0
+    reps.item_cold = item_cold
     users, items = model.final_embeddings(reps)
     return users[own["user"]], items
 
 
 @torch.no_grad()
-def refresh_landmarks(model, graph, store: InferenceStore, item_degree=None) -> dict:
+def refresh_landmarks(model, graph, store: InferenceStore, item_cold=None) -> dict:
     """Re-pick the OAT landmarks on rank 0 (k-means++ on full-graph ID representations, as the
     single-process trainer does each epoch), share them, and return their (detached) ID rows."""
     import torch.distributed as dist
 
     reps = full_representations(graph, store, with_streams=False)
-    if item_degree is not None:
-        reps.item_cold = _pull_all(graph, "item", lambda b: item_degree[b]) == 0
+    reps.item_cold = item_cold
     picked = [None]
     if dist.get_rank() == 0:
         model.refresh_landmarks(reps)

@@ -89,6 +89,7 @@ class NodeInputs:
                                       persistent=True) for nt in NTYPES}
         for nt, etype in (("user", RATED_BY), ("item", RATES)):
             self.degree[nt][own[nt]] = training_degree(graph, own[nt], nt, etype)
+        self._item_cold = None
         # Column mean and std of each feature over all nodes (sums all-reduced over partitions).
         self.stats = {}
         for nt, name in [("item", m) for m in item_modalities] + ([("user", user_modality)] if user_modality else []):
@@ -100,6 +101,16 @@ class NodeInputs:
             self.stats[(nt, name)] = (mean.float(), std.float().clamp(min=1e-6))
         dist.barrier()
         graph.barrier()
+
+    @property
+    def item_cold(self) -> torch.Tensor:
+        """(num_items,) bool, every item: no training interaction. Pulled once, on first use
+        (after the constructor's barrier, so every partition's degrees are in place)."""
+        if self._item_cold is None:
+            n = self.graph.num_nodes("item")
+            self._item_cold = torch.cat([self.degree["item"][torch.arange(i, min(i + 65536, n))]
+                                         for i in range(0, n, 65536)]) == 0
+        return self._item_cold
 
     def features(self, ntype: str, name: str, nodes: torch.Tensor) -> torch.Tensor:
         mean, std = self.stats[(ntype, name)]

@@ -77,9 +77,10 @@ def train_loop_per_worker(loop: dict) -> None:
                         last_state = snapshot(s)
                         restore(s, best[1])
                     metrics["evaluated_epoch"] = best[0] if best is not None else epoch
-                    metrics["final"] = evaluate(s, ("valid", "test"))
+                    users, items = infer(s)
+                    metrics["final"] = score(s, ("valid", "test"), users, items)
                     if loop.get("out"):
-                        metrics["embedding_files"] = write_embeddings(s, loop)
+                        metrics["embedding_files"] = write_embeddings(s, loop, users, items)
                     if last_state is not None:     # the checkpoint below is the last epoch's
                         restore(s, last_state)
             checkpoint.report(metrics, epoch, lambda d: checkpoint.save(
@@ -218,7 +219,7 @@ def train_epoch(s: Setup, epoch: int, state) -> dict:
     if s.model.oat is not None or s.model.user_oat is not None:
         if not s.inference_fresh:
             layerwise_inference(s.model, s.graph, s.own, s.tables, s.inputs, s.store)
-        s.landmarks = refresh_landmarks(s.model, s.graph, s.store, s.inputs.degree["item"])
+        s.landmarks = refresh_landmarks(s.model, s.graph, s.store, s.inputs.item_cold)
     s.inference_fresh = False
     start, sums, edges = time.perf_counter(), {}, 0
     for step, (input_nodes, pos_graph, neg_graph, blocks) in enumerate(batches(s.loader, s.steps)):
@@ -248,14 +249,22 @@ def sync_buffers(model) -> None:
 
 
 def evaluate(s: Setup, splits: tuple) -> dict:
+    return score(s, splits, *infer(s))
+
+
+def infer(s: Setup) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer-wise full inference, then ``(this partition's user vectors, all item vectors)``."""
     sync_buffers(s.model)
     layerwise_inference(s.model, s.graph, s.own, s.tables, s.inputs, s.store)
     s.inference_fresh = True
-    users, items = final_vectors(s.model, s.graph, s.own, s.store, s.inputs.degree["item"])
+    return final_vectors(s.model, s.graph, s.own, s.store, s.inputs.item_cold)
+
+
+def score(s: Setup, splits: tuple, users: torch.Tensor, items: torch.Tensor) -> dict:
+    """MMRec metrics of ``splits`` for these vectors (collective)."""
     heldout = {split: s.eval_data[split] for split in splits}
     if "test" in splits:            # the final evaluation also reports cold items, as single-process runs do
-        cold = np.concatenate([s.inputs.degree["item"][torch.arange(i, min(i + 65536, len(items)))].numpy()
-                               for i in range(0, len(items), 65536)]) == 0
+        cold = s.inputs.item_cold.numpy()
         if cold.any():              # the same on every worker: the collective below runs everywhere
             for split in splits:
                 rows, held = s.eval_data[split]
@@ -312,7 +321,7 @@ def final_checks(s: Setup) -> dict:
     return {"dense_params_in_sync": bool(in_sync), "workers": workers}
 
 
-def write_embeddings(s: Setup, loop: dict) -> dict:
+def write_embeddings(s: Setup, loop: dict, users: torch.Tensor, items: torch.Tensor) -> dict:
     """Every worker writes its rows of ``<out>/embeddings``; returns all workers' files (collective)."""
     import torch.distributed as dist
 
@@ -320,7 +329,7 @@ def write_embeddings(s: Setup, loop: dict) -> dict:
     if s.rank == 0:
         clear_embeddings(out)
     _sync(s.service)
-    files = write_partition_embeddings(s, loop, out)
+    files = write_partition_embeddings(s, loop, out, users, items)
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, files, group=s.service.group)
     return {rel: entry for part in gathered for rel, entry in part.items()}
