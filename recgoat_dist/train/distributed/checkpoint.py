@@ -7,12 +7,16 @@ ranks report under the same ``checkpoint_dir_name``):
 * ``rank<r>.pt`` (every rank): the rows of the user/item ``DistEmbedding`` tables that partition
   ``r`` owns, the sparse optimiser's state for those rows (DGL's ``local_state_dict``), and the
   rank's RNG states.
+* ``summary.json`` (rank 0, last epoch only): what the driver publishes (history, final
+  metrics, per-worker records, embedding files). It travels in the checkpoint rather than in the
+  reported metrics, because Ray logs every reported metrics dict on every worker.
 
 Resuming (after a worker failure, or by re-running with the same output URL) restores all of it
 and continues from the epoch after the saved one.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 
 DENSE = "dense.pt"
+SUMMARY = "summary.json"
 
 
 def _rank_file(rank: int) -> str:
@@ -53,6 +58,25 @@ def save(directory: str, rank: int, partition_nodes: dict, tables, dense, dense_
         torch.save({"epoch": epoch, "model": dense.state_dict(),
                     "optimizer": dense_optimizer.state_dict(), "history": history},
                    os.path.join(directory, DENSE))
+
+
+def save_summary(directory: str, summary: dict) -> None:
+    """Rank 0's end-of-run summary, next to its last checkpoint files."""
+    with open(os.path.join(directory, SUMMARY), "w") as f:
+        json.dump(summary, f, default=_plain)
+
+
+def read_summary(checkpoint) -> dict:
+    """The summary saved with a run's last checkpoint (a Ray ``Checkpoint``; any filesystem)."""
+    with _fetch(checkpoint, [SUMMARY]) as directory:
+        with open(os.path.join(directory, SUMMARY)) as f:
+            return json.load(f)
+
+
+def _plain(value):
+    if isinstance(value, (np.generic, torch.Tensor)):     # numpy / 0-d torch scalars
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def load(checkpoint, rank: int, tables, dense, dense_optimizer) -> tuple[int, list]:

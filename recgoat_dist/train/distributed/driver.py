@@ -108,7 +108,10 @@ def fit(config: Config, partitions: str, out: str, *, graph_name: str, dataset: 
             ray.shutdown()
     if result.error is not None:
         raise RuntimeError(f"distributed training failed: {result.error}")
-    metrics = dict(result.metrics or {})
+    if result.checkpoint is None:
+        raise RuntimeError("distributed training ended without a checkpoint (train.epochs < 1?)")
+    from recgoat_dist.train.distributed.checkpoint import read_summary
+    metrics = read_summary(result.checkpoint)
     history = metrics.get("history", [])
     return {
         "num_workers": workers,

@@ -66,9 +66,9 @@ def train_loop_per_worker(loop: dict) -> None:
             last = epoch + 1 == cfg["train"]["epochs"] or epochs_without_improvement(history, metric) > patience
             metrics = {"epoch": epoch, **{k: v for k, v in record.items() if k in ("loss", metric)}}
             sync_buffers(s.model)
+            summary = None
             if last:
-                metrics["history"] = history
-                metrics.update(final_checks(s))
+                summary = {"history": history, **final_checks(s)}
                 if s.eval_data is not None:
                     # As the single-process trainer: valid and test of the best validation epoch.
                     # Its weights are lost when a restart came after it; then the last epoch is used.
@@ -76,15 +76,20 @@ def train_loop_per_worker(loop: dict) -> None:
                     if best is not None and best[0] != epoch:
                         last_state = snapshot(s)
                         restore(s, best[1])
-                    metrics["evaluated_epoch"] = best[0] if best is not None else epoch
+                    summary["evaluated_epoch"] = best[0] if best is not None else epoch
                     users, items = infer(s)
-                    metrics["final"] = score(s, ("valid", "test"), users, items)
+                    summary["final"] = score(s, ("valid", "test"), users, items)
                     if loop.get("out"):
-                        metrics["embedding_files"] = write_embeddings(s, loop, users, items)
+                        summary["embedding_files"] = write_embeddings(s, loop, users, items)
                     if last_state is not None:     # the checkpoint below is the last epoch's
                         restore(s, last_state)
-            checkpoint.report(metrics, epoch, lambda d: checkpoint.save(
-                d, rank, s.own, s.tables, s.objective.module, s.dense_optimizer, epoch, history))
+
+            def write(directory):
+                checkpoint.save(directory, rank, s.own, s.tables, s.objective.module, s.dense_optimizer, epoch,
+                                history)
+                if summary is not None and rank == 0:
+                    checkpoint.save_summary(directory, summary)
+            checkpoint.report(metrics, epoch, write)
             if last:
                 break
     finally:
