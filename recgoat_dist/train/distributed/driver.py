@@ -62,7 +62,9 @@ def ensure_ray(config: Config) -> bool:
     if address:
         ray.init(address=address, runtime_env={"env_vars": env})
         return True
-    ray.init(num_cpus=config.cluster.num_workers + 1, include_dashboard=False,
+    # The dashboard (loopback only) also serves Ray's state API, which Ray Train's placement-group
+    # cleaner polls: without it, that actor logs a warning every few seconds of the run.
+    ray.init(num_cpus=config.cluster.num_workers + 1, include_dashboard=True, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", runtime_env={"env_vars": env})
     return True
 
