@@ -1,10 +1,10 @@
 """Single-process epoch time of RecGOAT against LightGCN as the catalog grows (synthetic data).
 
-The lfm2k table measures RecGOAT's epoch at 4.5x LightGCN's. This asks whether that ratio is a
+The lfm2k table measures RecGOAT's epoch at 4.5-5x LightGCN's. This asks whether that ratio is a
 fixed cost of a tiny graph or holds at catalog scale: for each size, the synthetic generator
 (text + visual item features, user LM features, 20 interactions per user) and the graph step build
 the inputs, then one process times interleaved epochs of `lightgcn` (MMRec's batch 2048, and 4096)
-and `recgoat` (configs/lfm2k.yaml's setting: batch 4096, 128 landmarks) with one torch thread.
+and `recgoat` (configs/lfm2k.yaml's setting, batch 4096) with one torch thread.
 Writes ``benchmarks/out/epoch_time.json``.
 
     .venv/bin/python benchmarks/epoch_time.py                      # sizes 2k, 20k, 100k users
