@@ -99,7 +99,7 @@ def main() -> int:
         t0 = time.perf_counter()
         parts = make_partitions(root, users, items, 5, (1, 2))
         build = time.perf_counter() - t0
-        ray.init(num_cpus=3, include_dashboard=False, _node_ip_address="127.0.0.1",
+        ray.init(num_cpus=3, include_dashboard=None, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
                  _temp_dir=os.path.join(root, "ray"), runtime_env={"env_vars": {"DGLBACKEND": "pytorch"}})
         try:
             runs = [run(parts, w, args.steps, args.batch, root) for w in (1, 2)]

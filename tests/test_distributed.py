@@ -1,7 +1,8 @@
 """Distributed training (Ray Train + DistDGL) on loopback: graph servers in Ray actors, the one-host
 shim, edge ownership, dense-parameter sync, checkpoints on S3, fault injection, lfm2k accuracy.
 
-One local Ray (127.0.0.1, own temp dir, no dashboard) is shared by the module.
+One local Ray (127.0.0.1, own temp dir, dashboard on loopback for the state API) is shared by the
+module.
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ def local_ray(s3_server):
     import ray
 
     tmp = tempfile.mkdtemp(prefix="rgray-", dir="/tmp")
-    ray.init(num_cpus=3, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=tmp,
-             runtime_env={"env_vars": {"DGLBACKEND": "pytorch", "OMP_NUM_THREADS": "1"}})
+    ray.init(num_cpus=3, include_dashboard=None, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+             _temp_dir=tmp, runtime_env={"env_vars": {"DGLBACKEND": "pytorch", "OMP_NUM_THREADS": "1"}})
     try:
         yield
     finally:

@@ -11,8 +11,8 @@ ranks report under the same ``checkpoint_dir_name``):
   metrics, per-worker records, embedding files). It travels in the checkpoint rather than in the
   reported metrics, because Ray logs every reported metrics dict on every worker.
 
-Resuming (after a worker failure, or by re-running with the same output URL) restores all of it
-and continues from the epoch after the saved one.
+Resuming (after a worker failure, or by re-running with the same output URL) restores the ``.pt``
+files and continues from the epoch after the saved one.
 """
 from __future__ import annotations
 
@@ -74,8 +74,8 @@ def read_summary(checkpoint) -> dict:
 
 
 def _plain(value):
-    if isinstance(value, (np.generic, torch.Tensor)):     # numpy / 0-d torch scalars
-        return value.item()
+    if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
+        return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 

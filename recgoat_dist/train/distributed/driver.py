@@ -63,8 +63,9 @@ def ensure_ray(config: Config) -> bool:
         ray.init(address=address, runtime_env={"env_vars": env})
         return True
     # The dashboard (loopback only) also serves Ray's state API, which Ray Train's placement-group
-    # cleaner polls: without it, that actor logs a warning every few seconds of the run.
-    ray.init(num_cpus=config.cluster.num_workers + 1, include_dashboard=True, dashboard_host="127.0.0.1",
+    # cleaner polls: without it, that actor logs a warning every second of the run. None: start it
+    # when it can, but a dashboard that fails to start must not stop training.
+    ray.init(num_cpus=config.cluster.num_workers + 1, include_dashboard=None, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", runtime_env={"env_vars": env})
     return True
 
@@ -128,7 +129,7 @@ def fit(config: Config, partitions: str, out: str, *, graph_name: str, dataset: 
         "embedding_files": metrics.get("embedding_files"),
         "epochs_run": len(history),
         "seconds": round(time.perf_counter() - start, 2),
-        "checkpoint": result.checkpoint.path if result.checkpoint else None,
+        "checkpoint": result.checkpoint.path,
     }
 
 
