@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from recgoat_dist.data.dataset import chunk_ranges
 from recgoat_dist.storage import MANIFEST, ArtifactWriter, exists, filesystem, join
 
 logger = logging.getLogger(__name__)
@@ -44,13 +45,12 @@ def write_partition_embeddings(s, loop: dict, out: str, users: torch.Tensor, ite
     to_dataset = load_id_maps(loop["id_maps"])
     writer = ArtifactWriter(out, kind="embeddings")     # no commit here: the driver publishes
     user_ids = to_dataset["user"][s.own["user"].numpy()]
-    for lo in range(0, len(user_ids), ROWS_PER_FILE):
+    for lo, hi in chunk_ranges(len(user_ids), ROWS_PER_FILE):
         writer.write_table(f"users/part-r{s.rank:04d}-{lo:012d}.parquet",
-                           embedding_rows("user_id", user_ids[lo:lo + ROWS_PER_FILE], users[lo:lo + ROWS_PER_FILE]))
+                           embedding_rows("user_id", user_ids[lo:hi], users[lo:hi]))
     if s.rank == 0:
-        n, cold = len(items), s.inputs.item_cold.numpy()
-        for lo in range(0, n, ROWS_PER_FILE):
-            hi = min(lo + ROWS_PER_FILE, n)
+        cold = s.inputs.item_cold.numpy()
+        for lo, hi in chunk_ranges(len(items), ROWS_PER_FILE):
             writer.write_table(f"items/part-{lo:012d}.parquet", embedding_rows(
                 "item_id", to_dataset["item"][lo:hi], items[lo:hi], cold=cold[lo:hi]))
     logger.info("rank %d wrote %d user embeddings in %.1f s", s.rank, len(user_ids), time.perf_counter() - start)

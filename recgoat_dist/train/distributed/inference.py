@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from recgoat_dist.model import Representations, propagate
-from recgoat_dist.train.distributed.model import NTYPES, RATED_BY, RATES, NodeInputs
+from recgoat_dist.train.distributed.model import NTYPES, RATED_BY, RATES, NodeInputs, pull_all
 
 USER_STREAM = "__user"
 
@@ -96,11 +96,6 @@ def layerwise_inference(model, graph, own: dict, tables, inputs: NodeInputs, sto
     model.train(was_training)
 
 
-def _pull_all(graph, ntype: str, fn, block: int = 65536) -> torch.Tensor:
-    nodes = torch.arange(graph.num_nodes(ntype))
-    return torch.cat([fn(nodes[i:i + block]) for i in range(0, len(nodes), block)])
-
-
 @torch.no_grad()
 def full_representations(graph, store: InferenceStore, with_streams: bool = True) -> Representations:
     """Every node's full-graph representation per stream, pulled from the servers.
@@ -110,14 +105,14 @@ def full_representations(graph, store: InferenceStore, with_streams: bool = True
     def mean_id(nt):
         return lambda b: sum(layer[nt][b] for layer in store.id) / len(store.id)
 
-    user_id, item_id = _pull_all(graph, "user", mean_id("user")), _pull_all(graph, "item", mean_id("item"))
+    user_id, item_id = pull_all(graph, "user", mean_id("user")), pull_all(graph, "item", mean_id("item"))
     reps = Representations(user_id, item_id, user_id, item_id)
     if with_streams:
         for key, tables in store.streams.items():
             if key == USER_STREAM:
-                reps.user_lm = _pull_all(graph, "user", lambda b, t=tables[-1]: t[b])
+                reps.user_lm = pull_all(graph, "user", lambda b, t=tables[-1]: t[b])
             else:
-                reps.item_modal[key] = _pull_all(graph, "item", lambda b, t=tables[-1]: t[b])
+                reps.item_modal[key] = pull_all(graph, "item", lambda b, t=tables[-1]: t[b])
     return reps
 
 

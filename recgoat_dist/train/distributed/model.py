@@ -74,6 +74,12 @@ class DistIdStream(LightGCN):
         return self._tables.lookup(input_nodes)
 
 
+def pull_all(graph, ntype: str, fn, block: int = 65536) -> torch.Tensor:
+    """``fn(nodes)`` for every node of ``ntype``, in blocks (e.g. a ``DistTensor``'s rows)."""
+    nodes = torch.arange(graph.num_nodes(ntype))
+    return torch.cat([fn(nodes[i:i + block]) for i in range(0, len(nodes), block)])
+
+
 class NodeInputs:
     """Per-node data a block needs, pulled from the servers: degrees and standardised features."""
 
@@ -107,9 +113,7 @@ class NodeInputs:
         """(num_items,) bool, every item: no training interaction. Pulled once, on first use
         (after the constructor's barrier, so every partition's degrees are in place)."""
         if self._item_cold is None:
-            n = self.graph.num_nodes("item")
-            self._item_cold = torch.cat([self.degree["item"][torch.arange(i, min(i + 65536, n))]
-                                         for i in range(0, n, 65536)]) == 0
+            self._item_cold = pull_all(self.graph, "item", lambda b: self.degree["item"][b]) == 0
         return self._item_cold
 
     def features(self, ntype: str, name: str, nodes: torch.Tensor) -> torch.Tensor:
