@@ -11,6 +11,7 @@ import argparse
 import copy
 import logging
 import time
+from typing import Optional
 
 from recgoat_dist.config import Config, load_config
 from recgoat_dist.storage import Artifact, StorageError, absolute, join
@@ -55,13 +56,18 @@ def ensure_inputs(config: Config, workdir: str) -> Config:
     return config
 
 
-def train(config: Config, out: str) -> dict:
-    """Train single-process or on Ray, by ``cluster.num_workers``; returns the run's metrics."""
+def train(config: Config, out: str, *, warm_start: Optional[dict] = None) -> dict:
+    """Train single-process or on Ray, by ``cluster.num_workers``; returns the run's metrics.
+
+    The trainer's public entry point. ``warm_start``: ``{"model": state_dict}`` sized for this run.
+    """
     if config.cluster.num_workers >= 1:
+        if warm_start is not None:
+            raise NotImplementedError("warm start of a distributed run")
         from recgoat_dist.train.distributed import run_distributed
         return run_distributed(config, out)
     from recgoat_dist.train.single import train_single
-    return train_single(config, out)
+    return train_single(config, out, warm_start=warm_start)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -163,8 +163,13 @@ def resume_state(out: str, config: Config, model: RecGOAT, optimizer, rng) -> Pr
     return progress
 
 
-def train_single(config: Config, out: str, *, overwrite: bool = False, graph=None) -> dict:
-    """Train ``config.model.name`` in this process, publish the run at ``out``, return its metrics."""
+def train_single(config: Config, out: str, *, overwrite: bool = False, graph=None,
+                 warm_start: Optional[dict] = None) -> dict:
+    """Train ``config.model.name`` in this process, publish the run at ``out``, return its metrics.
+
+    ``warm_start``: ``{"model": state_dict}`` of a model built for *this* run's sizes (rows already
+    remapped, e.g. by nightly retraining); loaded before the first epoch, ignored when resuming.
+    """
     prepare_out(out, config, overwrite)
     # One Sinkhorn solve per batch: its per-call INFO line would drown the per-epoch log.
     logging.getLogger("recgoat_dist.ot.sinkhorn").setLevel(logging.WARNING)
@@ -173,6 +178,8 @@ def train_single(config: Config, out: str, *, overwrite: bool = False, graph=Non
     inputs = load_inputs(config, graph)
     model = build_model(config.model, **model_meta(inputs))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay)
+    if warm_start is not None:
+        model.load_state_dict(warm_start["model"])
     progress = resume_state(out, config, model, optimizer, rng)
     runner = FullGraph(model, inputs)
     candidates = negative_candidates(inputs.train, config.train.negatives)
