@@ -119,15 +119,24 @@ class RecGOAT(nn.Module):
 
     def forward(self, blocks: Sequence[dgl.DGLGraph], input_nodes: Mapping[str, torch.Tensor],
                 item_feats: Mapping[str, torch.Tensor] | None = None,
-                user_feats: Optional[torch.Tensor] = None) -> Representations:
-        """``item_feats[m]`` / ``user_feats``: content features of the input items / users."""
-        final, ego = self.id(blocks, input_nodes)
+                user_feats: Optional[torch.Tensor] = None, history=None) -> Representations:
+        """``item_feats[m]`` / ``user_feats``: content features of the input items / users.
+
+        ``history(layer, ntype, ids)``: historical LightGCN layers for the layers beyond the blocks
+        (sampled propagation; see :meth:`LightGCN.forward`)."""
+        final, ego = self.id(blocks, input_nodes, history)
         reps = Representations(final["user"], final["item"], ego["user"], ego["item"])
         for m, stream in self.item_streams.items():
             reps.item_modal[m] = stream(blocks, item_feats[m])
         if self.user_stream is not None:
             reps.user_lm = self.user_stream(blocks, user_feats)
         return reps
+
+    def inference(self, tables, nodes, neighbours, ego, features, sync=None, batch_size: int = 4096) -> None:
+        """Layer-wise full inference of every stream into ``tables`` (one hop at a time); see
+        :func:`recgoat_dist.model.inference.layerwise_inference` for the arguments."""
+        from recgoat_dist.model.inference import layerwise_inference
+        layerwise_inference(self, tables, nodes, neighbours, ego, features, sync, batch_size)
 
     # ---- representations that are scored ------------------------------------------------------
     def landmarks(self, reps: Representations) -> Optional[torch.Tensor]:

@@ -158,8 +158,7 @@ class GraphService:
     group: Any                      # a gloo process group for object exchange
 
 
-def connect(partitions: str, graph_name: str, num_samplers: int = 0,
-            token: Optional[str] = None) -> GraphService:
+def connect(partitions: str, graph_name: str, token: Optional[str] = None) -> GraphService:
     """Start this rank's graph server, exchange addresses, and connect as a DGL client.
 
     ``token`` names this run's shared-memory segments when the one-host shim is needed.
@@ -185,7 +184,7 @@ def connect(partitions: str, graph_name: str, num_samplers: int = 0,
     shared_host = len({p[0] for p in peers}) < world
     if shared_host:
         shim.enable(token, rank)
-    num_clients = world * (1 + num_samplers)
+    num_clients = world          # trainers only: workers sample in their own process
     info = ray.get(actor.start.remote(rank, addresses, num_clients, partitions,
                                       token if shared_host else None))
     logger.info("rank %d: graph server for partition %d up on %s:%d (pid %d, %.1f s)%s",
@@ -193,7 +192,7 @@ def connect(partitions: str, graph_name: str, num_samplers: int = 0,
                 " [one-host shim]" if shared_host else "")
 
     os.environ.update(DGL_DIST_MODE="distributed", DGL_ROLE="client", DGL_NUM_SERVER="1",
-                      DGL_NUM_SAMPLER=str(num_samplers))
+                      DGL_NUM_SAMPLER="0")
     import dgl.distributed
     workdir = tempfile.mkdtemp(prefix="recgoat-dglclient-")
     dgl.distributed.initialize(_write_ip_config(addresses, workdir))
