@@ -92,6 +92,7 @@ class ClusterConfig:
     address: Optional[str] = None      # Ray address; RAY_ADDRESS is honoured when unset
     use_gpu: bool = False              # one GPU per worker: model, blocks and features on it (NCCL + gloo)
     max_failures: int = 1              # worker-group restarts Ray Train may make (-1: unlimited)
+    graphbolt: bool = False            # graph servers sample with GraphBolt (DGL 2.1) instead of DGL's graph
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The single-process engine: a local DGL heterograph and the model's own tables, on one device.
 
 ``full`` propagation keeps dense ID tables and one Adam (MMRec's LightGCN setting). ``sampled``
-keeps the ID tables as sparse-gradient embeddings updated row-wise (``torch.optim.SparseAdam``, as
-the distributed engine does with DGL's), so neither the forward pass nor the optimiser step touches
+keeps the ID tables as sparse-gradient embeddings updated row-wise (:class:`.row_adam.RowAdam`, the
+rule of DGL's ``SparseAdam`` that the distributed engine uses), so neither the forward pass nor the optimiser step touches
 rows outside the batch's neighbourhood, and LightGCN's deeper layers read the historical tables of
 the last layer-wise inference (refreshed every ``train.refresh_every`` steps and at each epoch).
 """
@@ -22,6 +22,7 @@ from recgoat_dist.storage import join
 from recgoat_dist.train import checkpoint as ckpt
 from recgoat_dist.train.inputs import TrainingInputs
 from recgoat_dist.train.loop import Progress
+from recgoat_dist.train.row_adam import RowAdam
 from recgoat_dist.train.sampling import (SeedBatch, block_fanouts, bpr_batches, negative_candidates, num_batches,
                                          sampled_hops)
 from recgoat_dist.train.steps import SampledObjective, attach_degrees, landmark_seeds, sampled_loss
@@ -95,7 +96,7 @@ class LocalEngine:
             model.id.sparse_grad = True
             ids = [model.id.user, model.id.item]
             dense = [p for p in model.parameters() if all(p is not q for q in ids)]
-            self.optimizers = {"sparse": torch.optim.SparseAdam(ids, lr=t.lr)}
+            self.optimizers = {"sparse": RowAdam(ids, lr=t.lr)}
             if dense:
                 self.optimizers["dense"] = torch.optim.Adam(dense, lr=t.lr)
             self.objective = SampledObjective(model)

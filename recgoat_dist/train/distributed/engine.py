@@ -29,7 +29,7 @@ from recgoat_dist.train.distributed import checkpoint
 from recgoat_dist.train.distributed.inference import (evaluate_partition, layerwise_inference, load_eval_data,
                                                       own_nodes, pull_landmarks)
 from recgoat_dist.train.distributed.model import (NTYPES, RATES, NodeInputs, SparseTables, build_dist_model,
-                                                  modalities_of, pull_all)
+                                                  in_edges, modalities_of, pull_all)
 from recgoat_dist.train.engine import resolve_propagation
 from recgoat_dist.train.loop import Progress
 from recgoat_dist.train.sampling import SeedBatch, block_fanouts, sample_negatives, sampled_hops
@@ -63,7 +63,7 @@ class BatchItems:
         import dgl
 
         self.users = np.unique(users)
-        frontier = dgl.distributed.sample_neighbors(graph, {"user": torch.from_numpy(self.users)}, -1)
+        frontier = in_edges(graph, {"user": torch.from_numpy(self.users)})
         items, owners = (t.numpy() for t in frontier.edges(etype="rated_by"))
         rows = np.searchsorted(self.users, owners)
         self.adjacency = UserItems.from_pairs(rows, items, len(self.users), graph.num_nodes("item"))
@@ -112,15 +112,17 @@ class DistEngine:
         self.layers = LayerTables.allocate(self.model, lambda name, nt: dgl.distributed.DistTensor(
             (g.num_nodes(nt), m.dim), torch.float32, name=f"layer_{name}",
             part_policy=g.get_node_partition_policy(nt), persistent=True))
-        mask = torch.ones(g.num_edges(RATES), dtype=torch.bool)
-        eids = dgl.distributed.edge_split(mask, g.get_partition_book(), etype=RATES, force_even=False)
-        if len(eids) == 0:
+        # A partition holds the edges into its own nodes: its rates edges are those into its items
+        # (read as in-edges, which GraphBolt partitions serve; find_edges they do not).
+        frontier = in_edges(g, {"item": self.own["item"]})
+        users, pos = frontier.edges(etype="rates")
+        eids = frontier.edges["rates"].data[dgl.EID]
+        order = torch.argsort(eids)
+        self.pairs, self.eids = (users[order].numpy(), pos[order].numpy()), eids[order]
+        if len(self.eids) == 0:
             raise ValueError(f"partition {service.partition} holds no training edge; use fewer partitions")
-        users, pos = g.find_edges(eids, etype=RATES)
-        self.pairs = (users.numpy(), pos.numpy())
-        self.eids = eids
         self.local_batch = max(1, t.batch_size // self.world)
-        steps = torch.tensor([math.ceil(len(eids) / self.local_batch)])
+        steps = torch.tensor([math.ceil(len(self.eids) / self.local_batch)])
         dist.all_reduce(steps, op=dist.ReduceOp.MAX, group=self.group)
         self.steps_per_epoch = int(min(steps, t.max_steps_per_epoch) if t.max_steps_per_epoch else steps)
         cold = self.inputs.item_cold.numpy()

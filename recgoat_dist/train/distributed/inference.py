@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from recgoat_dist.model import USER_STREAM, LayerTables, full_representations
-from recgoat_dist.train.distributed.model import NTYPES, NodeInputs, pull_all
+from recgoat_dist.train.distributed.model import NTYPES, NodeInputs, in_edges, pull_all
 from recgoat_dist.train.steps import attach_degrees
 
 
@@ -40,7 +40,7 @@ def layerwise_inference(model, graph, own: dict, tables, inputs: NodeInputs, lay
     import dgl
 
     def neighbours(nt, ids):
-        block = dgl.to_block(dgl.distributed.sample_neighbors(graph, {nt: ids}, -1), {nt: ids})
+        block = dgl.to_block(in_edges(graph, {nt: ids}), {nt: ids})
         attach_degrees([block], lambda s, i: inputs.degree[s][i])
         return block.to(device)
 
@@ -128,7 +128,7 @@ def load_eval_data(g, users: torch.Tensor, dataset: Optional[str], id_maps: Opti
     from recgoat_dist.data.dataset import Dataset
     from recgoat_dist.graph import load_id_maps
 
-    frontier = dgl.distributed.sample_neighbors(g, {"user": users}, -1)
+    frontier = in_edges(g, {"user": users})
     items, train_users = frontier.edges(etype="rated_by")
     out = {"train": (local_rows(g, users, train_users.numpy()), items.numpy())}
     inverse = {}

@@ -77,6 +77,12 @@ class DistIdStream(LightGCN):
         return {nt: r.to(device) for nt, r in rows.items()}
 
 
+def in_edges(graph, nodes: dict):
+    """Every in-edge of ``nodes`` (``{ntype: ids}``) through the servers, as a frontier graph.
+    The ``DistGraph`` method, not the module function: it knows whether the servers run GraphBolt."""
+    return graph.sample_neighbors(nodes, -1)
+
+
 def pull_all(graph, ntype: str, fn, block: int = 65536) -> torch.Tensor:
     """``fn(nodes)`` for every node of ``ntype``, in blocks (e.g. a ``DistTensor``'s rows)."""
     nodes = torch.arange(graph.num_nodes(ntype))
@@ -135,7 +141,7 @@ def training_degree(graph, nodes: torch.Tensor, ntype: str, etype, batch_size: i
     out = []
     for i in range(0, len(nodes), batch_size):
         batch = nodes[i:i + batch_size]
-        frontier = dgl.distributed.sample_neighbors(graph, {ntype: batch}, -1)
+        frontier = in_edges(graph, {ntype: batch})
         _, dst = frontier.edges(etype=etype)
         position = torch.full((graph.num_nodes(ntype),), -1, dtype=torch.long)
         position[batch] = torch.arange(len(batch))

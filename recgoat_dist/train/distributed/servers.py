@@ -89,8 +89,11 @@ class GraphServer:
         return ip, _free_port(ip)
 
     def start(self, server_id: int, addresses: list, num_clients: int, partitions: str,
-              shim_token: Optional[str]) -> dict:
-        """Load the partition, publish it in shared memory, and start serving in a thread."""
+              shim_token: Optional[str], graphbolt: bool = False) -> dict:
+        """Load the partition, publish it in shared memory, and start serving in a thread.
+
+        ``graphbolt``: serve GraphBolt's ``FusedCSCSamplingGraph`` of the partition (converted once,
+        into a local copy of the partition when the artifact's own folder is not ours to write)."""
         os.environ.setdefault("DGLBACKEND", "pytorch")
         os.environ.update(DGL_DIST_MODE="distributed", DGL_ROLE="server")
         if shim_token:
@@ -105,10 +108,12 @@ class GraphServer:
         import json
         with open(part_config) as fh:
             self._graph_name = json.load(fh)["graph_name"]
+        if graphbolt:
+            part_config = graphbolt_partition(part_config, server_id, self._workdir)
         rpc.reset()
         self._server = dgl.distributed.DistGraphServer(
             server_id, ip_config, 1, num_clients, part_config, disable_shared_mem=False,
-            graph_format=["csc", "coo"])
+            graph_format=["csc", "coo"], use_graphbolt=graphbolt)
         self._thread = threading.Thread(target=self._serve, name=f"dgl-server-{server_id}",
                                         daemon=True)
         self._thread.start()
@@ -158,7 +163,32 @@ class GraphService:
     group: Any                      # a gloo process group for object exchange
 
 
-def connect(partitions: str, graph_name: str, token: Optional[str] = None) -> GraphService:
+def graphbolt_partition(part_config: str, part_id: int, workdir: str) -> str:
+    """A partition JSON whose part ``part_id`` has GraphBolt's ``fused_csc_sampling_graph.pt``."""
+    import json
+    import shutil
+
+    import dgl.distributed
+
+    with open(part_config) as fh:
+        meta = json.load(fh)
+    root = os.path.dirname(os.path.abspath(part_config))
+    part_dir = os.path.join(root, os.path.dirname(meta[f"part-{part_id}"]["part_graph"]))
+    if os.path.exists(os.path.join(part_dir, "fused_csc_sampling_graph.pt")):
+        return part_config
+    local = os.path.join(workdir, "graphbolt")
+    if not os.path.exists(local):
+        shutil.copytree(root, local)
+    config = os.path.join(local, os.path.basename(part_config))
+    start = time.perf_counter()
+    # eids: a partition's training edges are read as its items' in-edges, with their ids.
+    dgl.distributed.dgl_partition_to_graphbolt(config, store_eids=True, store_inner_node=True,
+                                               store_inner_edge=True)
+    logger.info("partition %d converted to GraphBolt in %.1f s", part_id, time.perf_counter() - start)
+    return config
+
+
+def connect(partitions: str, graph_name: str, token: Optional[str] = None, graphbolt: bool = False) -> GraphService:
     """Start this rank's graph server, exchange addresses, and connect as a DGL client.
 
     ``token`` names this run's shared-memory segments when the one-host shim is needed.
@@ -186,7 +216,7 @@ def connect(partitions: str, graph_name: str, token: Optional[str] = None) -> Gr
         shim.enable(token, rank)
     num_clients = world          # trainers only: workers sample in their own process
     info = ray.get(actor.start.remote(rank, addresses, num_clients, partitions,
-                                      token if shared_host else None))
+                                      token if shared_host else None, graphbolt))
     logger.info("rank %d: graph server for partition %d up on %s:%d (pid %d, %.1f s)%s",
                 rank, rank, ip, port, info["pid"], info["load_s"],
                 " [one-host shim]" if shared_host else "")
@@ -195,7 +225,7 @@ def connect(partitions: str, graph_name: str, token: Optional[str] = None) -> Gr
                       DGL_NUM_SAMPLER="0")
     import dgl.distributed
     workdir = tempfile.mkdtemp(prefix="recgoat-dglclient-")
-    dgl.distributed.initialize(_write_ip_config(addresses, workdir))
+    dgl.distributed.initialize(_write_ip_config(addresses, workdir), use_graphbolt=graphbolt)
     graph = dgl.distributed.DistGraph(graph_name)
     return GraphService(graph=graph, partition=rank, num_partitions=world,
                         shared_host=shared_host, token=token, server=actor, group=group)

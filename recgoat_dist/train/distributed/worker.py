@@ -34,7 +34,8 @@ def train_loop_per_worker(job: dict) -> None:
         ray.get(spec.state.start_attempt.remote())
     torch.manual_seed(config.train.seed + rank)
     torch.set_num_threads(max(1, spec.threads))
-    service = servers.connect(spec.partitions, spec.graph_name, token=spec.token)
+    service = servers.connect(spec.partitions, spec.graph_name, token=spec.token,
+                              graphbolt=config.cluster.graphbolt)
     try:
         engine = DistEngine(config, spec, service)
         progress = Progress()
