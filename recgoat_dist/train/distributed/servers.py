@@ -8,8 +8,9 @@ with it (a DGL server waits for an exact number of clients, so it cannot outlive
 Partition ``r`` lives on rank ``r``'s node, which is what DGL's sparse optimiser assumes (it sends
 partition ``p``'s gradients to torch rank ``p`` when there is one trainer per machine).
 
-When several ranks share a node, the one-host shim (:mod:`.shim`) is enabled in the servers and
-clients of that run; with one rank per node nothing is patched.
+The shim (:mod:`.shim`) is enabled in the servers and clients of every run: it names DGL's
+shared-memory segments after the run (so concurrent runs on one host cannot clobber each other) and
+pins each client's machine id to its rank (needed when several ranks share a node).
 """
 from __future__ import annotations
 
@@ -102,7 +103,6 @@ class GraphServer:
         from dgl.distributed import rpc
 
         start = time.perf_counter()
-        self._shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
         part_config = local_part_config(partitions, server_id)
         ip_config = _write_ip_config([tuple(a) for a in addresses], self._workdir)
         import json
@@ -130,20 +130,6 @@ class GraphServer:
     def status(self) -> dict:
         return {"done": self._done, "error": self._error, "pid": os.getpid(),
                 "peak_rss_mb": _peak_rss_mb()}
-
-    def release_shared_memory(self) -> list[str]:
-        """Unlink the DGL segments this server's run created (the actor is killed, not exited,
-        so DGL's own finalisers never run). Only names DGL uses, created since :meth:`start`."""
-        created = set(os.listdir("/dev/shm")) - getattr(self, "_shm_before", set())
-        removed = []
-        for name in sorted(created):
-            if name.endswith("-kvdata-") or name.startswith(self._graph_name or "\0"):
-                try:
-                    os.unlink(os.path.join("/dev/shm", name))
-                    removed.append(name)
-                except FileNotFoundError:
-                    pass
-        return removed
 
     def wait(self, timeout: float) -> dict:
         if self._thread is not None:
@@ -212,11 +198,11 @@ def connect(partitions: str, graph_name: str, token: Optional[str] = None, graph
     addresses = [(p[1], p[2]) for p in peers]
     token = peers[0][3]
     shared_host = len({p[0] for p in peers}) < world
-    if shared_host:
-        shim.enable(token, rank)
+    # Always on: DGL names its shared memory after the tensor alone, so two runs on one host
+    # (two jobs on a node, a benchmark beside the tests) would unlink each other's segments.
+    shim.enable(token, rank)
     num_clients = world          # trainers only: workers sample in their own process
-    info = ray.get(actor.start.remote(rank, addresses, num_clients, partitions,
-                                      token if shared_host else None, graphbolt))
+    info = ray.get(actor.start.remote(rank, addresses, num_clients, partitions, token, graphbolt))
     logger.info("rank %d: graph server for partition %d up on %s:%d (pid %d, %.1f s)%s",
                 rank, rank, ip, port, info["pid"], info["load_s"],
                 " [one-host shim]" if shared_host else "")
@@ -236,9 +222,6 @@ def disconnect(service: GraphService, timeout: float = 30.0) -> dict:
     import dgl.distributed
     dgl.distributed.exit_client()
     status = ray.get(service.server.wait.remote(timeout))
-    if not service.shared_host:
-        ray.get(service.server.release_shared_memory.remote())
     ray.kill(service.server)
-    if service.shared_host:
-        shim.cleanup(service.token)
+    shim.cleanup(service.token)
     return status
