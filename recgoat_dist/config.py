@@ -127,6 +127,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         annotation = eval(annotation, vars(typing))  # noqa: S307 - our own annotations only
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if annotation is float and isinstance(value, str):
+        # YAML 1.1 reads "1e-3" (no dot) as a string; a float key takes it as the number it is.
+        try:
+            return float(value)
+        except ValueError:
+            pass
     expected = typing.get_origin(annotation) or annotation
     if expected is Any or (isinstance(value, expected) and not (expected is int and isinstance(value, bool))):
         return value
