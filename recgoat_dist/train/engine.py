@@ -184,8 +184,10 @@ class LocalEngine:
         return reps
 
     def batch_features(self, input_nodes: dict):
-        items = {m: x[input_nodes["item"]] for m, x in self.item_feats.items()}
-        users = self.user_feats[input_nodes["user"]] if self.user_feats is not None else None
+        """Content features of the input nodes, for the streams the model has (none for LightGCN)."""
+        items = {m: self.item_feats[m][input_nodes["item"]] for m in self.model.modalities}
+        users = (self.user_feats[input_nodes["user"]]
+                 if self.user_feats is not None and self.model.user_stream is not None else None)
         return items, users
 
     def refresh(self) -> None:

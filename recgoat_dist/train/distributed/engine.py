@@ -299,9 +299,13 @@ class DistEngine:
         return self.layers.history(layer, ntype, ids.cpu()).to(self.device)
 
     def batch_features(self, input_nodes: dict):
-        item, user = self.inputs.batch_features({nt: ids.cpu() for nt, ids in input_nodes.items()})
-        return ({m: x.to(self.device) for m, x in item.items()},
-                user.to(self.device) if user is not None else None)
+        """Content features of the input nodes, pulled for the streams the model has only."""
+        nodes = {nt: ids.cpu() for nt, ids in input_nodes.items()}
+        item = {m: self.inputs.features("item", m, nodes["item"]).to(self.device) for m in self.model.modalities}
+        user = None
+        if self.model.user_stream is not None:
+            user = self.inputs.features("user", self.inputs.user_modality, nodes["user"]).to(self.device)
+        return item, user
 
     def _maybe_fail(self, global_step: int) -> None:
         import ray

@@ -129,11 +129,6 @@ class NodeInputs:
         mean, std = self.stats[(ntype, name)]
         return (self.graph.nodes[ntype].data[name][nodes] - mean) / std
 
-    def batch_features(self, input_nodes: dict):
-        item = {m: self.features("item", m, input_nodes["item"]) for m in self.item_modalities}
-        user = self.features("user", self.user_modality, input_nodes["user"]) if self.user_modality else None
-        return item, user
-
 
 
 def training_degree(graph, nodes: torch.Tensor, ntype: str, etype, batch_size: int = 65536) -> torch.Tensor:
