@@ -123,9 +123,11 @@ def test_every_variant_runs_one_epoch(small, tmp_path, name):
     assert run.load_model().name == name
 
 
-def test_resume_continues_from_the_saved_epoch(small, tmp_path, monkeypatch):
+@pytest.mark.parametrize("propagation", ["full", "sampled"])
+def test_resume_continues_from_the_saved_epoch(small, tmp_path, monkeypatch, propagation):
     _, graph = small
-    config = config_for(graph, "model.name=lightgcn", "train.epochs=4", "train.lr=0.01")
+    config = config_for(graph, "model.name=lightgcn", "train.epochs=4", "train.lr=0.01",
+                        f"train.propagation={propagation}")
     reference = train_single(config, str(tmp_path / "reference"))
 
     import recgoat_dist.train.loop as loop
@@ -152,7 +154,7 @@ def test_resume_continues_from_the_saved_epoch(small, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "train_epoch", recording_train_epoch)
     resumed = train_single(config_for(graph, "model.name=lightgcn", "train.epochs=4", "train.lr=0.01",
-                                      "train.resume=true"), out)
+                                      f"train.propagation={propagation}", "train.resume=true"), out)
     assert seen == [2, 3]                                 # only the epochs after the checkpoint
     assert resumed["epochs_run"] == 4 and resumed["best_epoch"] == reference["best_epoch"]
     for key in ("valid", "test"):

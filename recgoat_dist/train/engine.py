@@ -119,6 +119,9 @@ class LocalEngine:
 
     def batches(self, epoch: int):
         t = self.config.train
+        if self.propagation == "sampled":
+            import dgl
+            dgl.seed(int(self.rng.integers(0, 2**31 - 1)))   # DGL's sampler RNG, from ours (checkpointed)
         for step, batch in enumerate(bpr_batches(self.inputs.train, self.candidates, t.batch_size, self.rng)):
             if step == self.steps_per_epoch:
                 return
