@@ -12,16 +12,19 @@ from recgoat_dist.train.engine import LocalEngine, infer_embeddings, local_table
 from recgoat_dist.train.inputs import load_inputs
 
 
-@pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def synthetic_graph(root, users: int, items: int, seed: int, knn_k: int, user_knn_k: int) -> str:
     from recgoat_dist.data.synthetic import generate_synthetic
     from recgoat_dist.graph import build_graph
 
-    root = tmp_path_factory.mktemp("engines")
     data, graph = str(root / "data"), str(root / "graph")
-    generate_synthetic(data, users=150, items=120, seed=0)
-    build_graph(data, graph, knn_k=5, user_knn_k=5)
+    generate_synthetic(data, users=users, items=items, seed=seed)
+    build_graph(data, graph, knn_k=knn_k, user_knn_k=user_knn_k)
     return graph
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return synthetic_graph(tmp_path_factory.mktemp("engines"), 150, 120, seed=0, knn_k=5, user_knn_k=5)
 
 
 def config_for(graph: str, *overrides: str):
@@ -85,15 +88,8 @@ def test_history_with_every_neighbour_reproduces_the_full_forward(small):
 
 @pytest.fixture(scope="module")
 def dense_graph(tmp_path_factory):
-    """2000 users x 600 items, 30 interactions per user: 3 hops at fanout 10 reach nearly all."""
-    from recgoat_dist.data.synthetic import generate_synthetic
-    from recgoat_dist.graph import build_graph
-
-    root = tmp_path_factory.mktemp("dense")
-    data, graph = str(root / "data"), str(root / "graph")
-    generate_synthetic(data, users=2000, items=600, seed=1)
-    build_graph(data, graph, knn_k=10, user_knn_k=5)
-    return graph
+    """2000 users x 600 items: 3 hops at fanout 10 reach nearly every node."""
+    return synthetic_graph(tmp_path_factory.mktemp("dense"), 2000, 600, seed=1, knn_k=10, user_knn_k=5)
 
 
 def test_sampled_steps_stay_bounded_where_three_hops_reach_the_whole_graph(dense_graph, tmp_path):
