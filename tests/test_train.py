@@ -251,3 +251,18 @@ def test_cli_trains_to_s3_saves_the_resolved_config_and_refuses_to_clobber(small
     assert "already exists" in capsys.readouterr().err
     assert main(["train", "--set", "train.epochz=1", "--out", s3_url]) == 2
     assert "unknown config key train.epochz" in capsys.readouterr().err
+
+
+def test_on_epoch_sees_every_epoch_after_its_checkpoint(small, tmp_path):
+    from recgoat_dist.pipeline import train
+
+    _, graph = small
+    out, seen = str(tmp_path / "run"), []
+
+    def record(epoch, valid):
+        seen.append((epoch, valid["recall@20"]))
+        assert ckpt.load(f"{out}/checkpoints/last.pt")["epoch"] == epoch
+
+    metrics = train(config_for(graph, "model.name=lightgcn", "train.epochs=3"), out, on_epoch=record)
+    assert [e for e, _ in seen] == [0, 1, 2]
+    assert dict(seen)[metrics["best_epoch"]] == pytest.approx(metrics["valid"]["recall@20"])

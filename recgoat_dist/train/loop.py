@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import numpy as np
 
@@ -121,9 +121,13 @@ def train_epoch(engine: Engine, epoch: int) -> tuple[dict, dict]:
     return {k: v / max(cost.steps, 1) for k, v in sums.items()}, cost.summary()
 
 
-def fit(engine: Engine, config, progress: Progress) -> dict:
+def fit(engine: Engine, config, progress: Progress, on_epoch: Optional[Callable] = None) -> dict:
     """Train from ``progress`` to the end (epochs or early stop); returns the final metrics of the
-    best validation epoch: ``{"valid": ..., "test": ..., ["valid_cold", "test_cold"]}``."""
+    best validation epoch: ``{"valid": ..., "test": ..., ["valid_cold", "test_cold"]}``.
+
+    ``on_epoch(epoch, valid)``: called after each epoch's checkpoint (``valid`` is None on epochs
+    that were not evaluated); an exception it raises stops training and propagates.
+    """
     t = config.train
     for epoch in range(progress.next_epoch, t.epochs):
         start = time.perf_counter()
@@ -137,6 +141,8 @@ def fit(engine: Engine, config, progress: Progress) -> dict:
         stop = progress.should_stop(t.patience) or epoch + 1 == t.epochs
         engine.checkpoint(progress, last=stop)
         log_epoch(epoch, losses, valid, cost, seconds, time.perf_counter() - start - seconds, improved)
+        if on_epoch is not None:
+            on_epoch(epoch, valid)
         if progress.should_stop(t.patience):
             logger.info("early stop: no %s improvement for %d evaluations", t.valid_metric, progress.bad_epochs)
             break

@@ -6,7 +6,7 @@ inputs and the model, resume or warm-start, run the loop, publish the run.
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -54,11 +54,12 @@ def resume_state(out: str, config: Config, engine: LocalEngine) -> Progress:
 
 
 def train_single(config: Config, out: str, *, overwrite: bool = False, graph=None,
-                 warm_start: Optional[dict] = None) -> dict:
+                 warm_start: Optional[dict] = None, on_epoch: Optional[Callable] = None) -> dict:
     """Train ``config.model.name`` in this process, publish the run at ``out``, return its metrics.
 
     ``warm_start``: ``{"model": state_dict}`` of a model built for *this* run's sizes (rows already
     remapped, e.g. by nightly retraining); loaded before the first epoch, ignored when resuming.
+    ``on_epoch(epoch, valid)``: see :func:`recgoat_dist.train.loop.fit` (e.g. Ray Tune reports).
     """
     prepare_out(out, config, overwrite)
     # One Sinkhorn solve per batch: its per-call INFO line would drown the per-epoch log.
@@ -74,7 +75,7 @@ def train_single(config: Config, out: str, *, overwrite: bool = False, graph=Non
     logger.info("training %s (%d parameters) for up to %d epochs on %s, %s propagation, %d steps per epoch",
                 config.model.name, sum(p.numel() for p in model.parameters()), config.train.epochs,
                 engine.device, engine.propagation, engine.steps_per_epoch)
-    results = fit(engine, config, progress)
+    results = fit(engine, config, progress, on_epoch)
     seconds = [h["seconds"] for h in progress.history]
     metrics = {
         "model": config.model.name,
