@@ -220,13 +220,14 @@ def report(path: str) -> int:
 
     with open(path) as fh:
         data = json.load(fh)
-    rows = ["| items | users | config | model | s/step | edges/s | seeds/step | input users/step (frac) | "
-            "input items/step (frac) | refresh s | peak RSS MB |", "|" + "---|" * 11]
+    rows = ["| items | users | config | model | s/step | CPU s/step | edges/s | seeds/step | input users/step (frac) | "
+            "input items/step (frac) | refresh s | peak RSS MB |", "|" + "---|" * 12]
     for r in data["runs"]:
         c = r["step_cost"]
         inputs = c["input_nodes_per_step"]
         rss = ", ".join(f"{k} {v}" for k, v in r["peak_rss_mb"].items())
         rows.append(f"| {r['items']:,} | {r['users']:,} | {r['config']} | {r['model']} | {c['seconds_per_step']:.3f} | "
+                    f"{c.get('cpu_seconds_per_step', float('nan')):.3f} | "
                     f"{c['edges_per_second']:,.0f} | {c['seeds_per_step']:,.0f} | {inputs['user']:,.0f} "
                     f"({inputs['user'] / r['users']:.3%}) | {inputs['item']:,.0f} ({inputs['item'] / r['items']:.3%}) | "
                     f"{r.get('refresh_seconds', r.get('epoch_seconds_incl_refresh', ''))} | {rss} |")

@@ -61,13 +61,14 @@ class StepCost:
 
     def __init__(self, propagation: str):
         self.propagation = propagation
-        self.steps, self.seconds, self.edges, self.seeds = 0, 0.0, 0, 0
+        self.steps, self.seconds, self.cpu_seconds, self.edges, self.seeds = 0, 0.0, 0.0, 0, 0
         self.inputs = {"user": 0, "item": 0}
         self.inputs_max = {"user": 0, "item": 0}
 
-    def add(self, seconds: float, edges: int, seeds: int, inputs: dict) -> None:
+    def add(self, seconds: float, cpu_seconds: float, edges: int, seeds: int, inputs: dict) -> None:
         self.steps += 1
         self.seconds += seconds
+        self.cpu_seconds += cpu_seconds
         self.edges += edges
         self.seeds += seeds
         for nt, n in inputs.items():
@@ -81,6 +82,8 @@ class StepCost:
                 "input_nodes_per_step": {nt: v / n for nt, v in self.inputs.items()},
                 "input_nodes_max": dict(self.inputs_max),
                 "seconds_per_step": self.seconds / n,
+                # this process's CPU time: what a step costs here when other processes share the cores
+                "cpu_seconds_per_step": self.cpu_seconds / n,
                 "edges_per_second": self.edges / max(self.seconds, 1e-9)}
 
 
@@ -111,9 +114,9 @@ def train_epoch(engine: Engine, epoch: int) -> tuple[dict, dict]:
     bar = tqdm(total=engine.steps_per_epoch, desc=f"epoch {epoch}", leave=False, mininterval=1.0,
                disable=not engine.show_progress)
     for step, batch in enumerate(engine.batches(epoch)):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         parts, edges, seeds, inputs = engine.step(batch, epoch * engine.steps_per_epoch + step)
-        cost.add(time.perf_counter() - start, edges, seeds, inputs)
+        cost.add(time.perf_counter() - start, time.process_time() - cpu, edges, seeds, inputs)
         for key, value in parts.items():
             sums[key] = sums.get(key, 0.0) + value
         bar.update()
@@ -170,6 +173,8 @@ def run_step_cost(history: list) -> Optional[dict]:
                                      for nt in ("user", "item")},
             "input_nodes_max": {nt: max(c["input_nodes_max"][nt] for c in costs) for nt in ("user", "item")},
             "seconds_per_step": seconds / max(steps.sum(), 1.0),
+            "cpu_seconds_per_step": sum(c.get("cpu_seconds_per_step", 0.0) * c["steps"] for c in costs)
+            / max(steps.sum(), 1.0),
             "edges_per_second": edges / max(seconds, 1e-9)}
 
 
