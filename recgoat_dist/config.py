@@ -37,6 +37,7 @@ class GraphConfig:
     engine: str = "auto"               # auto | exact | faiss
     approx_above: int = 200_000        # auto switches to faiss above this many items
     partition_method: str = "metis"    # metis | random
+    partition_memory_gb: float = 0.0   # metis is refused above this estimate (0: 70% of RAM)
 
 
 @dataclass
