@@ -91,6 +91,14 @@ class ClusterConfig:
 
 
 @dataclass
+class ExportConfig:
+    ranking: str = "auto"              # auto | exact | ann (FAISS IVF inner-product index)
+    ann_above: int = 200_000           # auto ranks through the ANN index above this many items
+    ann_target_recall: float = 0.97    # nprobe tuning target (recall@20 vs exact, tuning users)
+    ann_recall_users: int = 2000       # users on which ann_recall@20 is measured
+
+
+@dataclass
 class DebugConfig:
     kill_worker_at_step: Optional[int] = None   # fault injection: kill one worker once at this step
 
@@ -102,6 +110,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def to_dict(self) -> dict:
@@ -160,6 +169,7 @@ CHOICES = {
     ("model", "name"): ("recgoat", "lightgcn", "no_oat", "no_cmcl", "no_gat", "no_user_graph"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "negatives"): ("train_items", "all"),
+    ("export", "ranking"): ("auto", "exact", "ann"),
 }
 POSITIVE = [("model", "dim"), ("train", "epochs"), ("train", "batch_size"), ("train", "eval_every"),
             ("train", "eval_user_block"), ("train", "eval_item_block"), ("model", "gat_heads")]
