@@ -36,6 +36,7 @@ class GraphConfig:
     user_knn_k: int = 10
     engine: str = "auto"               # auto | exact | faiss
     approx_above: int = 200_000        # auto switches to faiss above this many items
+    knn_index_memory_gb: float = 0.0   # faiss index stores PQ codes when full vectors exceed this (0: never)
     partition_method: str = "metis"    # metis | random
     partition_memory_gb: float = 0.0   # metis is refused above this estimate (0: 70% of RAM)
 

@@ -31,7 +31,8 @@ def _graph(args: argparse.Namespace) -> None:
         modalities=args.modality, user_modality=args.user_modality,
         engine=args.engine or cfg.graph.engine,
         approx_above=cfg.graph.approx_above if args.approx_above is None else args.approx_above,
-        target_recall=args.target_recall, seed=args.seed, overwrite=args.overwrite)
+        target_recall=args.target_recall, seed=args.seed, overwrite=args.overwrite,
+        index_memory_gb=cfg.graph.knn_index_memory_gb)
     keys = ("num_edges", "knn_k", "user_knn_k", "engine", "recall_vs_exact")
     print(json.dumps({"graph": out, **{k: manifest[k] for k in keys if k in manifest}}, indent=2))
 
