@@ -52,6 +52,16 @@ def recommendation_table(user_emb: torch.Tensor, item_emb: torch.Tensor, users: 
                      "score": pa.array(scores[rows, cols].astype(np.float32))})
 
 
+def write_embeddings(writer: ArtifactWriter, user_ids: np.ndarray, item_ids: np.ndarray, users_np: np.ndarray,
+                     items_np: np.ndarray, cold: np.ndarray) -> None:
+    """``users/`` and ``items/`` embedding parts, keyed by original ids."""
+    for lo, hi in chunk_ranges(len(users_np), ROWS_PER_FILE):
+        writer.write_table(f"users/part-{lo:012d}.parquet", embedding_table("user_id", user_ids[lo:hi], users_np[lo:hi]))
+    for lo, hi in chunk_ranges(len(items_np), ROWS_PER_FILE):
+        writer.write_table(f"items/part-{lo:012d}.parquet", embedding_table(
+            "item_id", item_ids[lo:hi], items_np[lo:hi], cold=cold[lo:hi]))
+
+
 def write_recommendations(writer: ArtifactWriter, user_emb: torch.Tensor, item_emb: torch.Tensor,
                           train: UserItems, user_ids: np.ndarray, item_ids: np.ndarray, top_k: int, *,
                           user_block: int = 4096, engine: str = "auto", ann_above: int = 200_000,
@@ -111,11 +121,7 @@ def export_run(run_url: str, out: str, top_k: int = 100, checkpoint: str = "best
     num_users, num_items = len(users_np), len(items_np)
 
     with ArtifactWriter(out, kind="export", overwrite=overwrite) as writer:
-        for lo, hi in chunk_ranges(num_users, ROWS_PER_FILE):
-            writer.write_table(f"users/part-{lo:012d}.parquet", embedding_table("user_id", user_ids[lo:hi], users_np[lo:hi]))
-        for lo, hi in chunk_ranges(num_items, ROWS_PER_FILE):
-            writer.write_table(f"items/part-{lo:012d}.parquet", embedding_table(
-                "item_id", item_ids[lo:hi], items_np[lo:hi], cold=v.cold[lo:hi]))
+        write_embeddings(writer, user_ids, item_ids, users_np, items_np, v.cold)
         ranking = write_recommendations(writer, v.user, v.item, v.train, user_ids, item_ids, top_k,
                                         user_block=user_block, engine=engine, ann_above=ann_above,
                                         target_recall=target_recall, recall_users=recall_users)
