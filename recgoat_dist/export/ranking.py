@@ -14,7 +14,7 @@ Engines, chosen by catalog size as ``recgoat graph`` chooses its KNN engine:
 Exclusion: a user's training items can occupy the first slots of the index's answer, so the
 index is asked for ``k + degree`` items (degree capped per block; users it still leaves short,
 e.g. when the probed cells held too few items, are ranked exactly). The index is written into the
-export for serving-side retrieval (:func:`index_bytes`).
+export for serving-side retrieval (:func:`write_index`).
 """
 from __future__ import annotations
 
@@ -75,10 +75,19 @@ def build_exact_index(item_emb: np.ndarray):
     return index
 
 
-def index_bytes(index) -> bytes:
+def write_index(writer, rel: str, index) -> int:
+    """Write a FAISS index into an artifact through a local file (a 10M x 64 flat IVF is 2.5 GB:
+    serialising it in memory would hold it twice more). Returns its size in bytes."""
+    import os
+    import tempfile
+
     import faiss
 
-    return faiss.serialize_index(index).tobytes()
+    with tempfile.TemporaryDirectory(prefix="recgoat-index-") as tmp:
+        path = os.path.join(tmp, "items.faiss")
+        faiss.write_index(index, path)
+        writer.put_file(path, rel)
+        return os.path.getsize(path)
 
 
 def _first_valid(cand: np.ndarray, users: np.ndarray, train: UserItems, k: int) -> np.ndarray:

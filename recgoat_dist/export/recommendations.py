@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from recgoat_dist.data.dataset import Dataset, chunk_ranges
 from recgoat_dist.eval.metrics import UserItems, topk_items
-from recgoat_dist.export.ranking import build_exact_index, choose_engine, index_bytes, tune_ann
+from recgoat_dist.export.ranking import build_exact_index, choose_engine, tune_ann, write_index
 from recgoat_dist.storage import Artifact, ArtifactWriter, join
 
 logger = logging.getLogger(__name__)
@@ -93,10 +93,10 @@ def write_recommendations(writer: ArtifactWriter, user_emb: torch.Tensor, item_e
         writer.write_table(f"recommendations/part-{lo:012d}.parquet", recommendation_table(
             user_emb, item_emb, users, top, train, user_ids, item_ids))
     t2 = time.perf_counter()
-    writer.write_bytes("index/items.faiss", index_bytes(index))
+    index_size = write_index(writer, "index/items.faiss", index)
     logger.info("ranked %d users x %d items (%s) in %.1f s", num_users, num_items, engine, t2 - t1)
     return {"engine": engine, "reason": reason, "index": "index/items.faiss",
-            "index_rows": "item id order (the rows of items/)", **info,
+            "index_rows": "item id order (the rows of items/)", "index_bytes": int(index_size), **info,
             "seconds_prepare": round(t1 - t0, 2), "seconds_rank": round(t2 - t1, 2)}
 
 

@@ -223,7 +223,8 @@ def write_part(p: int, numbering: NodeNumbering, etypes, spill_dir: str, part_di
         return np.where(inside, x - lo, n_inner + np.searchsorted(halo, x))
 
     order = np.lexsort((cols["eid"], 1 - cols["inner"]))       # inner edges first, each by id
-    cols = {c: v[order] for c, v in cols.items()}
+    for c in list(cols):                                       # one column at a time: peak + 1 column
+        cols[c] = cols[c][order]
     del order
     g = dgl.graph((torch.from_numpy(local(cols["src"])), torch.from_numpy(local(cols["dst"]))),
                   num_nodes=n_inner + len(halo), idtype=torch.int64)
