@@ -82,14 +82,15 @@ def _part_stats(config_path: str, num_parts: int) -> tuple[list[dict], dict[str,
 
 
 METIS_BYTES_PER_EDGE = 230      # DGL's in-memory partition_graph, measured: 11.35 GB / 49M edges
+METIS_BASE_BYTES = 3 * 2 ** 28  # 0.75 GiB: the interpreter, torch and DGL before any graph
 
 
 def metis_memory_estimate(graph: GraphArtifact) -> int:
     """Bytes DGL's in-memory ``partition_graph`` is expected to peak at for ``graph``.
 
     ~230 bytes per directed edge of the heterograph (``rated_by`` doubles ``rates``), measured at
-    1M items (docs/scale.md), plus the node features twice (the heterograph and the part being
-    gathered).
+    1M items and again at 200k (docs/scale.md: 2.58 GB measured, 2.67 GB estimated), plus the
+    node features twice (the heterograph and the part being gathered) and a fixed base.
     """
     from recgoat_dist.data.dataset import Dataset
 
@@ -97,7 +98,7 @@ def metis_memory_estimate(graph: GraphArtifact) -> int:
     ds = Dataset(graph.dataset_url)
     feature_bytes = 4 * (graph.num_items * sum(m["dim"] for m in ds.modalities.values())
                          + graph.num_users * sum(m["dim"] for m in ds.user_modalities.values()))
-    return METIS_BYTES_PER_EDGE * edges + 2 * feature_bytes
+    return METIS_BASE_BYTES + METIS_BYTES_PER_EDGE * edges + 2 * feature_bytes
 
 
 def memory_budget(budget_gb: float) -> int:
