@@ -29,7 +29,8 @@ def graph_url(tmp_path_factory) -> str:
 
 
 def dgl_reference(graph_url: str, out: str, num_parts: int, seed: int):
-    """DGL's in-memory random partition of the same heterograph, seeded the same way."""
+    """DGL's in-memory random partition of the same heterograph, and the node assignment it drew
+    (a part id per homogeneous node id: items, then users), read back from its output."""
     import contextlib
     import io
 
@@ -40,7 +41,17 @@ def dgl_reference(graph_url: str, out: str, num_parts: int, seed: int):
     with contextlib.redirect_stdout(io.StringIO()):
         orig_nids, _ = dgl.distributed.partition_graph(g, "recgoat", num_parts, out, num_hops=1,
                                                        part_method="random", return_mapping=True)
-    return {nt: ids.numpy() for nt, ids in orig_nids.items()}
+    orig = {nt: ids.numpy() for nt, ids in orig_nids.items()}
+    with open(os.path.join(out, "recgoat.json")) as fh:
+        node_map = json.load(fh)["node_map"]
+    assignment, offset = [], 0
+    for nt in g.ntypes:                                   # DGL's homogeneous order
+        part_of, typed = np.empty(g.num_nodes(nt), dtype=np.int64), 0
+        for p, (lo, hi) in enumerate(node_map[nt]):
+            part_of[orig[nt][typed:typed + hi - lo]] = p
+            typed += hi - lo
+        assignment.append(part_of)
+    return orig, np.concatenate(assignment)
 
 
 def part_view(config: str, p: int) -> dict:
@@ -78,16 +89,18 @@ def part_view(config: str, p: int) -> dict:
 
 @pytest.mark.parametrize("num_parts,seed", [(1, 0), (2, 0), (3, 7)])
 def test_equivalent_to_dgl_random_partition(graph_url, tmp_path, num_parts, seed):
-    """Compared: the config (node_map, edge_map, ntypes, etypes, counts), the id maps (new ->
-    original per type), and per part the inner and halo node sets with their part ids and types,
-    every edge (type, global endpoints, inner flag), the set of inner edge ids per type, the edge
-    weights and the node features row by row. Not compared: the local numbering of halo nodes and
-    the order of edges inside one (part, type) block, which DGL leaves to an unstable sort."""
-    ours = str(tmp_path / "ours")
-    manifest = partition_graph_artifact(graph_url, ours, num_parts, "random", seed=seed)
-    assert manifest["streaming"] is True
+    """Given DGL's node assignment (read back from its output: DGL's own random draw is not
+    reproducible across processes), compared: the config (node_map, edge_map, ntypes, etypes,
+    counts), the id maps (new -> original per type), and per part the inner and halo node sets
+    with their part ids and types, every edge (type, global endpoints, inner flag), the set of
+    inner edge ids per type, the edge weights and the node features row by row. Not compared:
+    the local numbering of halo nodes and the order of edges inside one (part, type) block,
+    which DGL leaves to an unstable sort."""
     ref_dir = str(tmp_path / "dgl")
-    ref_ids = dgl_reference(graph_url, ref_dir, num_parts, seed)
+    ref_ids, assignment = dgl_reference(graph_url, ref_dir, num_parts, seed)
+    ours = str(tmp_path / "ours")
+    manifest = partition_graph_artifact(graph_url, ours, num_parts, "random", assignment=assignment)
+    assert manifest["streaming"] is True
 
     with open(os.path.join(ours, "recgoat.json")) as fh:
         cfg = json.load(fh)
@@ -114,6 +127,22 @@ def test_equivalent_to_dgl_random_partition(graph_url, tmp_path, num_parts, seed
     cut = sum(1 for p in range(num_parts) for e in part_view(os.path.join(ours, "recgoat.json"), p)["edges"]
               if not e[3])
     assert manifest["edge_cut"] == cut       # every cut edge appears once as a non-inner edge
+
+
+def test_seeded_draw_is_reproducible(graph_url, tmp_path):
+    a = partition_graph_artifact(graph_url, str(tmp_path / "a"), 2, "random", seed=5)
+    b = partition_graph_artifact(graph_url, str(tmp_path / "b"), 2, "random", seed=5)
+    c = partition_graph_artifact(graph_url, str(tmp_path / "c"), 2, "random", seed=6)
+    assert a["parts"] == b["parts"] and a["edge_cut"] == b["edge_cut"]
+    # DGL's graph.dgl serialisation is not byte-stable; every other file is, and the graphs are equal
+    same = {k for k, v in a["files"].items() if b["files"][k]["sha256"] == v["sha256"]}
+    assert set(a["files"]) - same == {"part0/graph.dgl", "part1/graph.dgl"} or set(a["files"]) == same
+    for p in (0, 1):
+        ga, gb = (part_view(str(tmp_path / x / "recgoat.json"), p) for x in "ab")
+        assert all(ga[key] == gb[key] for key in ("inner", "halo", "part_id", "ntype", "edges", "inner_eids"))
+    assert a["parts"] != c["parts"]
+    with pytest.raises(DataError, match="assignment"):
+        partition_graph_artifact(graph_url, str(tmp_path / "d"), 2, "random", assignment=np.zeros(3))
 
 
 def test_dgl_loaders_accept_the_stream(graph_url, tmp_path):

@@ -124,7 +124,7 @@ def check_metis_fits(graph: GraphArtifact, budget_gb: float) -> int:
 def partition_graph_artifact(graph_url: str, out_url: str, num_parts: int, method: str = "metis", *,
                              graph_name: str = GRAPH_NAME, num_hops: int = 1, seed: int = 0,
                              overwrite: bool = False, tmp_dir: str | None = None,
-                             memory_budget_gb: float = 0.0) -> dict:
+                             memory_budget_gb: float = 0.0, assignment: np.ndarray | None = None) -> dict:
     """Partition the graph artifact at ``graph_url`` into ``num_parts`` parts; returns the manifest.
 
     ``method``: ``metis`` (DGL's in-memory ``partition_graph``; vertex weights balance node types
@@ -132,7 +132,8 @@ def partition_graph_artifact(graph_url: str, out_url: str, num_parts: int, metho
     its estimated memory exceeds ``memory_budget_gb``, 0 = 70% of RAM) or ``random`` (the
     streaming partitioner of :mod:`recgoat_dist.graph.random_partition`, same format, bounded
     memory). DGL renumbers nodes; the mapping is stored as ``id_map/<ntype>.npy`` (new per-type
-    id -> original contiguous id).
+    id -> original contiguous id). ``assignment`` (``random`` only): a part id per homogeneous
+    node id (items then users) instead of the seeded draw.
     """
     if method not in METHODS:
         raise DataError(f"unknown partition method {method!r}; choose from {', '.join(METHODS)}")
@@ -145,7 +146,7 @@ def partition_graph_artifact(graph_url: str, out_url: str, num_parts: int, metho
         if method == "random":
             if num_hops != 1:
                 raise DataError(f"the streaming random partitioner writes 1-hop halos, got num_hops={num_hops}")
-            meta, id_maps = _stream_random(graph, out, local, num_parts, graph_name, seed)
+            meta, id_maps = _stream_random(graph, out, local, num_parts, graph_name, seed, assignment)
             estimate = None
         else:
             estimate = check_metis_fits(graph, memory_budget_gb)
@@ -187,7 +188,7 @@ def _upload_tree(out: ArtifactWriter, local: str, sub: str = "") -> None:
 
 
 def _stream_random(graph: GraphArtifact, out: ArtifactWriter, local: str, num_parts: int,
-                   graph_name: str, seed: int):
+                   graph_name: str, seed: int, assignment):
     from recgoat_dist.data.dataset import Dataset
     from recgoat_dist.graph.random_partition import stream_random_partition
 
@@ -208,7 +209,7 @@ def _stream_random(graph: GraphArtifact, out: ArtifactWriter, local: str, num_pa
             yield name, (np.concatenate(rows) if rows else np.zeros((0, registry[name]["dim"]), np.float32))
 
     result = stream_random_partition(graph, local, num_parts, graph_name, seed, node_features,
-                                     upload_part=lambda rel: _upload_tree(out, local, rel))
+                                     upload_part=lambda rel: _upload_tree(out, local, rel), assignment=assignment)
     _upload_tree(out, local)                     # the DGL config, written after the parts
     meta = {"num_nodes": result["num_nodes"], "num_edges": result["num_edges"], "parts": result["parts"],
             "edge_cut_by_etype": result["cut"], "seconds": result["seconds"], "streaming": True}

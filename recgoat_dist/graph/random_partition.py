@@ -4,9 +4,9 @@ DGL's in-memory ``partition_graph`` holds the whole graph several times over (ab
 edge, measured); at 10M items that is more than this machine has. A random partition needs only
 one partition id per node, so the rest is a streaming group-by on partition id:
 
-1. **Assignment.** ``dgl.seed(seed); dgl.random.choice(num_parts, N)`` over the homogeneous node
-   ids (node types in DGL's order, each type's ids contiguous): the same draw that
-   ``partition_graph(part_method="random")`` makes after ``dgl.seed(seed)``.
+1. **Assignment.** A uniform part id per homogeneous node id (node types in DGL's order, each
+   type's ids contiguous), drawn with numpy from ``seed`` (DGL's own draw is not reproducible
+   across processes, see :func:`random_assignment`), or given.
 2. **Renumbering** (as DGL's ``reshuffle_graph``, with the same ``torch.sort``): new homogeneous
    ids sorted by ``(part, node type)``, so each part's nodes of one type are one contiguous range
    (``node_map``). Node-sized arrays only (~40 bytes per node).
@@ -22,14 +22,14 @@ one partition id per node, so the rest is a streaming group-by on partition id:
    ``_TYPE`` / ``_ID``, ``inner_edge``, ``_TYPE``), ``node_feat.dgl`` (features of inner nodes,
    read from the dataset block by block) and ``edge_feat.dgl`` (``weight`` of inner edges).
 
-Peak memory: node-sized arrays plus one part's edges (~45 bytes per edge of the largest part);
-more parts means less memory per part. Disk: the spill, ~29 bytes per edge plus cut edges once more.
+Peak memory: node-sized arrays plus one part's edges, each column scattered into place as it is
+read (:class:`PartEdges`); more parts means less memory per part. Disk: the spill, ~29 bytes per edge plus cut edges once more.
 
 What differs from DGL's output, on purpose or because DGL leaves it unspecified: halo nodes are
 numbered in increasing global id (DGL: in discovery order), and edges of one (part, type) keep
-the stored edge-list order (DGL sorts them with an unstable ``std::sort``). The node assignment,
-inner/halo node sets, new node ids, node and edge maps, and the edges and weights of every part
-are the same (tests/test_partition_stream.py compares them).
+the stored edge-list order (DGL sorts them with an unstable ``std::sort``). Given the same node
+assignment, the inner/halo node sets, new node ids, node and edge maps, and the edges and weights
+of every part are the same (tests/test_partition_stream.py compares them).
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 _SPILL = {"src": np.int64, "dst": np.int64, "eid": np.int64, "etype": np.int32, "weight": np.float32,
           "inner": np.uint8}
+REVERSE_OF = {"rated_by": "rates"}        # derived edge types, counted by their stored type
 
 
 def dgl_types(graph: GraphArtifact) -> tuple[list[str], list[tuple[str, str, str]]]:
@@ -74,11 +75,13 @@ def dgl_types(graph: GraphArtifact) -> tuple[list[str], list[tuple[str, str, str
 
 
 def random_assignment(num_parts: int, num_nodes: int, seed: int) -> np.ndarray:
-    """DGL's random partition draw over ``num_nodes`` homogeneous ids (int16 part ids)."""
-    import dgl
+    """A uniform part id per homogeneous node id (int16), reproducible from ``seed``.
 
-    dgl.seed(seed)
-    return dgl.random.choice(num_parts, num_nodes).numpy().astype(np.int16)
+    Drawn with numpy, not with DGL's ``dgl.random.choice`` (which ``partition_graph`` uses):
+    after ``dgl.seed(0)``, ``dgl.random.choice(2, 400000)`` gave different draws in separate
+    processes on this machine (1 run in 4), so DGL's own random partition is not reproducible.
+    """
+    return np.random.default_rng([seed, 14]).integers(0, num_parts, num_nodes, dtype=np.int16)
 
 
 def _dgl_order(key: np.ndarray) -> np.ndarray:
@@ -191,18 +194,75 @@ def spill_edges(graph: GraphArtifact, numbering: NodeNumbering, etypes, edge_sta
     return cut
 
 
-REVERSE_OF = {"rated_by": "rates"}
+
+def _spill_column(spill_dir: str, p: int, column: str) -> np.ndarray:
+    path = os.path.join(spill_dir, f"{p}.{column}")
+    values = np.fromfile(path, dtype=_SPILL[column])
+    os.remove(path)
+    return values
 
 
-def _read_spill(spill_dir: str, p: int) -> dict[str, np.ndarray]:
-    out = {c: np.fromfile(os.path.join(spill_dir, f"{p}.{c}"), dtype=dt) for c, dt in _SPILL.items()}
-    for c in _SPILL:
-        os.remove(os.path.join(spill_dir, f"{p}.{c}"))
-    return out
+class PartEdges:
+    """One part's spilled edges, read one column at a time and scattered straight into the part's
+    edge order (inner edges by edge id, then outgoing cut edges by edge id), so that the peak is
+    the final columns plus one spilled column, not two copies of everything.
+
+    Inner edge ids of part ``p`` are the contiguous range ``[edge_lo, edge_lo + n_inner)``, so an
+    inner edge's position is its id minus ``edge_lo``; only the cut edges need sorting.
+    """
+
+    def __init__(self, spill_dir: str, p: int, edge_lo: int):
+        self.spill_dir, self.p = spill_dir, p
+        inner = _spill_column(spill_dir, p, "inner").astype(bool)
+        eid = _spill_column(spill_dir, p, "eid")
+        self.m, self.n_inner = len(inner), int(inner.sum())
+        self.pos = np.empty(self.m, dtype=np.int64)
+        self.pos[inner] = eid[inner] - edge_lo
+        outer = np.nonzero(~inner)[0]
+        self.pos[outer[np.argsort(eid[outer], kind="stable")]] = self.n_inner + np.arange(len(outer))
+        self.eid = self._place(eid)
+        del eid
+        self.inner = np.zeros(self.m, dtype=np.uint8)
+        self.inner[:self.n_inner] = 1
+        self.inner_rows = inner                  # spill order, for the weights of inner edges
+
+    def _place(self, values: np.ndarray) -> np.ndarray:
+        out = np.empty(self.m, dtype=values.dtype)
+        out[self.pos] = values
+        return out
+
+    def column(self, name: str) -> np.ndarray:
+        return self._place(_spill_column(self.spill_dir, self.p, name))
+
+    def inner_weights(self) -> np.ndarray:
+        """Weights of the inner edges, in edge-id order."""
+        w = _spill_column(self.spill_dir, self.p, "weight")
+        out = np.empty(self.n_inner, dtype=np.float32)
+        out[self.pos[self.inner_rows]] = w[self.inner_rows]
+        return out
 
 
-def write_part(p: int, numbering: NodeNumbering, etypes, spill_dir: str, part_dir: str,
-               node_features) -> dict:
+def _to_local(x: np.ndarray, lo: int, hi: int, halo: np.ndarray, block: int = 1 << 22) -> np.ndarray:
+    """Global new ids -> the part's local ids, in place: inner nodes first, then halo by global id."""
+    for s in range(0, len(x), block):
+        c = x[s:s + block]
+        outside = (c < lo) | (c >= hi)
+        c[~outside] -= lo
+        c[outside] = (hi - lo) + np.searchsorted(halo, c[outside])
+    return x
+
+
+def _halo(columns, lo: int, hi: int, block: int = 1 << 22) -> np.ndarray:
+    found = []
+    for x in columns:
+        for s in range(0, len(x), block):
+            c = x[s:s + block]
+            found.append(np.unique(c[(c < lo) | (c >= hi)]))
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+
+
+def write_part(p: int, numbering: NodeNumbering, etypes, edge_starts: np.ndarray, edge_counts: np.ndarray,
+               spill_dir: str, part_dir: str, node_features) -> dict:
     """Write ``graph.dgl``, ``node_feat.dgl`` and ``edge_feat.dgl`` of part ``p``; returns its stats.
 
     ``node_features(ntype, typed_ids)`` yields ``(name, rows)`` for the given sorted original ids.
@@ -211,45 +271,37 @@ def write_part(p: int, numbering: NodeNumbering, etypes, spill_dir: str, part_di
     import torch
     from dgl.data.utils import save_tensors
 
-    cols = _read_spill(spill_dir, p)
     lo, hi = numbering.part_range(p)
     n_inner = hi - lo
-    ends = np.concatenate([cols["src"], cols["dst"]])
-    halo = np.unique(ends[(ends < lo) | (ends >= hi)])
-    del ends
-
-    def local(x):
-        inside = (x >= lo) & (x < hi)
-        return np.where(inside, x - lo, n_inner + np.searchsorted(halo, x))
-
-    order = np.lexsort((cols["eid"], 1 - cols["inner"]))       # inner edges first, each by id
-    for c in list(cols):                                       # one column at a time: peak + 1 column
-        cols[c] = cols[c][order]
-    del order
-    g = dgl.graph((torch.from_numpy(local(cols["src"])), torch.from_numpy(local(cols["dst"]))),
+    edges = PartEdges(spill_dir, p, int(edge_starts[p, 0]))
+    src, dst = edges.column("src"), edges.column("dst")
+    halo = _halo((src, dst), lo, hi)
+    g = dgl.graph((torch.from_numpy(_to_local(src, lo, hi, halo)), torch.from_numpy(_to_local(dst, lo, hi, halo))),
                   num_nodes=n_inner + len(halo), idtype=torch.int64)
+    del src, dst
     global_ids = np.concatenate([np.arange(lo, hi, dtype=np.int64), halo])
-    key_part = numbering.part[numbering.new_to_old[global_ids]].astype(np.int64)
-    ntype_of = _ntype_of(numbering, global_ids)
     g.ndata[dgl.NID] = torch.from_numpy(global_ids)
     g.ndata["inner_node"] = torch.from_numpy((np.arange(len(global_ids)) < n_inner).astype(np.uint8))
     if numbering.num_parts > 1:               # DGL's single-part output has no part_id either
-        g.ndata["part_id"] = torch.from_numpy(key_part)
-    g.ndata[dgl.NTYPE] = torch.from_numpy(ntype_of.astype(np.int16))
-    g.edata[dgl.EID] = torch.from_numpy(cols["eid"])
-    g.edata["inner_edge"] = torch.from_numpy(cols["inner"])
-    g.edata[dgl.ETYPE] = torch.from_numpy(cols["etype"])
+        g.ndata["part_id"] = torch.from_numpy(numbering.part[numbering.new_to_old[global_ids]].astype(np.int64))
+    g.ndata[dgl.NTYPE] = torch.from_numpy(_ntype_of(numbering, global_ids).astype(np.int16))
+    g.edata[dgl.EID] = torch.from_numpy(edges.eid)
+    g.edata["inner_edge"] = torch.from_numpy(edges.inner)
+    g.edata[dgl.ETYPE] = torch.from_numpy(edges.column("etype"))
     os.makedirs(part_dir, exist_ok=True)
     dgl.save_graphs(os.path.join(part_dir, "graph.dgl"), [g])
+    del g
 
-    inner_edge = cols["inner"] == 1
-    edge_feats, inner_edges = {}, {}
-    for e, etype in enumerate(etypes):
-        mask = inner_edge & (cols["etype"] == e)                # already in increasing edge id
-        edge_feats[f"{':'.join(etype)}/weight"] = torch.from_numpy(cols["weight"][mask])
-        inner_edges[etype[1]] = int(mask.sum())
+    weights = edges.inner_weights()
+    del edges
+    edge_feats, inner_edges, start = {}, {}, 0
+    for e, etype in enumerate(etypes):                  # inner edges of a type: one id range each
+        n = int(edge_counts[p, e])
+        edge_feats[f"{':'.join(etype)}/weight"] = torch.from_numpy(weights[start:start + n])
+        inner_edges[etype[1]] = n
+        start += n
     save_tensors(os.path.join(part_dir, "edge_feat.dgl"), edge_feats)
-    del g, cols, edge_feats
+    del edge_feats, weights
 
     node_feats, inner, halo_counts = {}, {}, {}
     halo_types = _ntype_of(numbering, halo)
@@ -275,16 +327,25 @@ def _ntype_of(numbering: NodeNumbering, global_ids: np.ndarray) -> np.ndarray:
 
 
 def stream_random_partition(graph: GraphArtifact, local_dir: str, num_parts: int, graph_name: str,
-                            seed: int, node_features, upload_part) -> dict:
+                            seed: int, node_features, upload_part, assignment: np.ndarray | None = None) -> dict:
     """Partition ``graph`` into ``local_dir`` part by part; ``upload_part(rel_dir)`` is called after
-    each part is written (it may upload and delete it). Returns what the manifest needs."""
+    each part is written (it may upload and delete it). Returns what the manifest needs.
+
+    ``assignment``: a part id per homogeneous node id (node types in DGL's order) instead of the
+    seeded random draw, e.g. to reproduce another partitioner's assignment.
+    """
     t0 = time.perf_counter()
     ntypes, etypes = dgl_types(graph)
     counts = {"user": graph.num_users, "item": graph.num_items}
     if num_parts > 1 and min(counts.values()) < num_parts:
         raise DataError(f"{graph.url}: {counts} nodes cannot fill {num_parts} parts")
     num_nodes = sum(counts.values())
-    node_part = random_assignment(num_parts, num_nodes, seed)
+    if assignment is None:
+        node_part = random_assignment(num_parts, num_nodes, seed)
+    else:
+        node_part = np.asarray(assignment).astype(np.int16)
+        if node_part.shape != (num_nodes,) or node_part.min() < 0 or node_part.max() >= num_parts:
+            raise DataError(f"assignment must hold one part id in [0, {num_parts}) per node ({num_nodes})")
     numbering = NodeNumbering(ntypes, counts, node_part, num_parts)
     t_assign = time.perf_counter() - t0
 
@@ -299,8 +360,8 @@ def stream_random_partition(graph: GraphArtifact, local_dir: str, num_parts: int
     t2 = time.perf_counter()
     parts = []
     for p in tqdm(range(num_parts), desc="partition: write parts", unit="part"):
-        parts.append(write_part(p, numbering, etypes, spill_dir, os.path.join(local_dir, f"part{p}"),
-                                node_features))
+        parts.append(write_part(p, numbering, etypes, edge_starts, edge_counts, spill_dir,
+                                os.path.join(local_dir, f"part{p}"), node_features))
         upload_part(f"part{p}")
     shutil.rmtree(spill_dir, ignore_errors=True)
     t_write = time.perf_counter() - t2
