@@ -52,7 +52,7 @@ def tiny_partitions(out: str, parts: int, seed: int = 0) -> tuple[str, int]:
 
 def tiny_config(**overrides):
     from recgoat_dist.config import load_config
-    sets = {"cluster.num_workers": 2, "cluster.fanouts": "[5, 5]", "train.epochs": 3, "train.batch_size": 128,
+    sets = {"cluster.num_workers": 2, "train.fanouts": "[5, 5]", "train.epochs": 3, "train.batch_size": 128,
             "model.dim": 16, "model.n_layers": 2, "model.name": "recgoat", "model.num_landmarks": 16,
             **overrides}
     return load_config(None, [f"{k}={v}" for k, v in sets.items()])
@@ -82,7 +82,7 @@ def test_each_worker_trains_its_own_partition_and_dense_params_stay_in_sync(tiny
     assert summary["dense_params_in_sync"] is True
     assert summary["restarts"] == 0 and summary["epochs_run"] == 3
     assert all(w["shared_host_shim"] for w in workers), "2 partitions on one host need the shim"
-    assert np.isfinite([h["loss"] for h in summary["history"]]).all()
+    assert np.isfinite([h["train"]["loss"] for h in summary["history"]]).all()
     assert not glob.glob("/dev/shm/rg*-m*"), "shared-memory segments left behind"
 
 
@@ -99,7 +99,7 @@ def test_killed_worker_restarts_from_s3_checkpoint_and_finishes(tiny, s3_url):
     summary = fit(config, part_config, s3_url, graph_name="tiny")
     assert summary["fault_injected"] is True and summary["restarts"] == 1
     assert summary["epochs_run"] == 3 and summary["dense_params_in_sync"] is True
-    ref_loss, loss = reference["history"][-1]["loss"], summary["history"][-1]["loss"]
+    ref_loss, loss = reference["history"][-1]["train"]["loss"], summary["history"][-1]["train"]["loss"]
     assert abs(loss - ref_loss) <= 0.05 * abs(ref_loss), (loss, ref_loss)
     fs, path = filesystem(s3_url)
     names = [p.rsplit("/", 1)[-1] for p in fs.ls(f"{path}/ray_train")]
@@ -129,7 +129,7 @@ def test_lfm2k_two_workers_match_one_worker(local_ray, lfm2k_graph, lfm2k_datase
         parts = str(tmp_path / f"parts{n}")
         partition_graph_artifact(lfm2k_graph, parts, n, "metis")
         config = load_config(None, [f"cluster.num_workers={n}", f"data.partitions={parts}", "train.epochs=2",
-                                    "train.batch_size=2048", "cluster.fanouts=[10, 10, 10]"])
+                                    "train.batch_size=2048", "train.fanouts=[10, 10, 10]"])
         run_distributed(config, str(tmp_path / f"run{n}"))
         results[n] = json.loads((tmp_path / f"run{n}" / "metrics.json").read_text())
     two, one = results[2], results[1]

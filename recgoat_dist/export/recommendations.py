@@ -160,11 +160,11 @@ class RunVectors:
 
 
 def _single_process_vectors(run, checkpoint: str) -> RunVectors:
+    from recgoat_dist.train.engine import infer_embeddings
     from recgoat_dist.train.inputs import load_inputs
-    from recgoat_dist.train.single import FullGraph
 
     inputs = load_inputs(run.config)
-    user, item = FullGraph(run.load_model(checkpoint), inputs).embeddings()
+    user, item = infer_embeddings(run.load_model(checkpoint), inputs, run.config.model.dim)
     return RunVectors(user, item, inputs.cold_items, inputs.train, inputs.dataset_url, checkpoint)
 
 
