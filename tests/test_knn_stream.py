@@ -3,7 +3,6 @@ not change it, recall recorded in the graph manifest (items and users), PQ under
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from recgoat_dist.graph import GraphArtifact, build_graph
 from recgoat_dist.graph.knn_stream import index_spec, stream_knn
