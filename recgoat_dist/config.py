@@ -36,7 +36,9 @@ class GraphConfig:
     user_knn_k: int = 10
     engine: str = "auto"               # auto | exact | faiss
     approx_above: int = 200_000        # auto switches to faiss above this many items
+    knn_index_memory_gb: float = 0.0   # faiss index stores PQ codes when full vectors exceed this (0: never)
     partition_method: str = "metis"    # metis | random
+    partition_memory_gb: float = 0.0   # metis is refused above this estimate (0: 70% of RAM)
 
 
 @dataclass
@@ -96,6 +98,14 @@ class ClusterConfig:
 
 
 @dataclass
+class ExportConfig:
+    ranking: str = "auto"              # auto | exact | ann (FAISS IVF inner-product index)
+    ann_above: int = 200_000           # auto ranks through the ANN index above this many items
+    ann_target_recall: float = 0.97    # nprobe tuning target (recall@20 vs exact, tuning users)
+    ann_recall_users: int = 2000       # users on which ann_recall@20 is measured
+
+
+@dataclass
 class DebugConfig:
     kill_worker_at_step: Optional[int] = None   # fault injection: kill one worker once at this step
 
@@ -107,6 +117,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def to_dict(self) -> dict:
@@ -184,6 +195,7 @@ CHOICES = {
     ("train", "propagation"): ("auto", "full", "sampled"),
     ("graph", "engine"): ("auto", "exact", "faiss"),
     ("graph", "partition_method"): ("metis", "random"),
+    ("export", "ranking"): ("auto", "exact", "ann"),
 }
 # (section, key): (lowest allowed, whether the lowest is excluded); checked for every number.
 RANGES = {
@@ -202,6 +214,9 @@ RANGES = {
     ("train", "eval_item_block"): (1, False), ("train", "refresh_every"): (0, False),
     ("train", "full_max_edges"): (0, False), ("train", "max_steps_per_epoch"): (0, False),
     ("cluster", "num_workers"): (0, False), ("cluster", "max_failures"): (-1, False),
+    ("graph", "partition_memory_gb"): (0.0, False), ("graph", "knn_index_memory_gb"): (0.0, False),
+    ("export", "ann_above"): (0, False), ("export", "ann_target_recall"): (0.0, True),
+    ("export", "ann_recall_users"): (1, False),
 }
 
 
