@@ -203,7 +203,8 @@ def resolve_partitions(config: Config, out: str) -> str:
         logger.info("partitioning %s into %d parts (%s)", config.data.graph, config.cluster.num_workers,
                     config.graph.partition_method)
         partition_graph_artifact(config.data.graph, url, config.cluster.num_workers,
-                                 config.graph.partition_method, seed=config.train.seed, overwrite=True)
+                                 config.graph.partition_method, seed=config.train.seed, overwrite=True,
+                                 memory_budget_gb=config.graph.partition_memory_gb)
     return url
 
 
