@@ -177,3 +177,23 @@ def test_keys_an_engine_cannot_honour_fail_before_training(small, tmp_path):
         modalities_of(inputs.graph, config_for(small, "model.modalities=[audio]").model)
     with pytest.raises(ConfigError, match="model.modalities"):
         train_single(config_for(small, "model.modalities=[audio]"), str(tmp_path / "b"))
+
+
+def test_distributed_runs_follow_the_resume_and_overwrite_rules(tmp_path):
+    """--resume / --overwrite mean the same for a distributed run as for one process."""
+    from recgoat_dist.storage import StorageError
+    from recgoat_dist.train.distributed.driver import TRAIN_DIR, prepare_out
+
+    out = tmp_path / "run"
+    (out / TRAIN_DIR / "epoch_0000").mkdir(parents=True)
+    with pytest.raises(StorageError, match="unfinished distributed run"):
+        prepare_out(load_config(None, ["cluster.num_workers=1"]), str(out), overwrite=False)
+    prepare_out(load_config(None, ["cluster.num_workers=1", "train.resume=true"]), str(out), overwrite=False)
+    assert (out / TRAIN_DIR).exists()                      # resuming keeps the checkpoints
+    (out / "manifest.json").write_text("{}")
+    with pytest.raises(StorageError, match="already complete"):
+        prepare_out(load_config(None, ["cluster.num_workers=1", "train.resume=true"]), str(out), overwrite=False)
+    with pytest.raises(StorageError, match="--overwrite"):
+        prepare_out(load_config(None, ["cluster.num_workers=1"]), str(out), overwrite=False)
+    prepare_out(load_config(None, ["cluster.num_workers=1"]), str(out), overwrite=True)
+    assert not out.exists()
