@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 
@@ -246,3 +247,44 @@ def test_when_every_trial_fails_nothing_is_published(tiny, tmp_path, local_ray):
     with pytest.raises(ValueError, match="no trial reported a validation score .*model.modalities"):
         run_tune(config, space, 2, out)
     assert not exists(out + "/manifest.json") and not os.path.exists(out)
+
+
+@pytest.fixture
+def ray_head_address():
+    """A real Ray head started with ``ray start`` (2 CPUs, loopback, own temp dir); yields its GCS address."""
+    import subprocess
+
+    from conftest import free_port
+    from test_jobs import BIN, _env, _stop_head
+
+    temp_dir = tempfile.mkdtemp(prefix="rgtunehead-", dir="/tmp")
+    port = free_port()
+    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+           "--include-dashboard=false", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+    try:
+        subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=180)
+        yield f"127.0.0.1:{port}"
+    finally:
+        _stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_cli_runs_trials_on_the_cluster_at_ray_address(tiny, tmp_path, ray_head_address):
+    import subprocess
+    import sys
+
+    from test_jobs import _env
+
+    space = write(tmp_path / "space.yaml", "params: {train.lr: {choice: [0.005, 0.02]}}\n")
+    out = str(tmp_path / "tune")
+    env = {**_env(), "RAY_ADDRESS": ray_head_address}
+    cmd = [sys.executable, "-m", "recgoat_dist", "tune", "--space", space, "--trials", "2", "--out", out,
+           "--num-cpus", "1", *[a for kv in BASE for a in ("--set", kv)], "--set", f"data.graph={tiny}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    port = ray_head_address.rsplit(":", 1)[1]
+    assert re.search(rf"Connecting to existing Ray cluster at address: [0-9.]+:{port}", done.stderr), done.stderr
+    assert "Ray cluster: 2.0 CPUs" in done.stderr             # the head's CPUs, not --num-cpus
+    assert Artifact(out, kind="tune")["num_trials"] == 2
