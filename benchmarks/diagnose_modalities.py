@@ -195,13 +195,13 @@ def ridge_ceiling(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> dict:
 
 
 @torch.no_grad()
-def probe(work: Path, name: str, seed: int) -> dict:
+def probe(work: Path, name: str, run_name: str) -> dict:
     from recgoat_dist.eval import topk_items
     from recgoat_dist.train.run import Run
     from recgoat_dist.train.single import FullGraph
     from recgoat_dist.train.inputs import load_inputs
 
-    run = Run(str(work / name / "runs" / f"recgoat-seed{seed}"))
+    run = Run(str(work / name / "runs" / run_name))
     model, config = run.load_model(), run.config
     inputs = load_inputs(config)
     reps = FullGraph(model, inputs).forward()
@@ -330,6 +330,8 @@ def main(argv=None) -> int:
     p.add_argument("--datasets", nargs="+", default=["lfm2k", "office"])
     p.add_argument("--steps", nargs="+", default=["prepare", "train", "content", "probe"],
                    choices=["prepare", "train", "content", "probe", "plot"], help="plot: only redraw from --json")
+    p.add_argument("--extra-probes", nargs="*", default=[], metavar="RUN",
+                   help="also probe these runs of <work>/<dataset>/runs/ (e.g. recgoat-eps0.1-seed1)")
     p.add_argument("--json", default=str(REPO / "benchmarks" / "out" / "diagnose_modalities.json"))
     p.add_argument("--plot", default=str(REPO / "benchmarks" / "diagnose_modalities.png"))
     args = p.parse_args(argv)
@@ -358,9 +360,13 @@ def main(argv=None) -> int:
             print(table(entry["content_only"], lightgcn))
         if "probe" in args.steps:
             start = time.perf_counter()
-            entry["probe"] = probe(work, name, args.seed)
+            entry["probe"] = probe(work, name, f"recgoat-seed{args.seed}")
             print(f"\n### {name}: probes of the trained RecGOAT ({time.perf_counter() - start:.1f} s)\n")
             print(json.dumps(entry["probe"], indent=1))
+        for run_name in args.extra_probes:      # other trained runs under <work>/<dataset>/runs/
+            entry.setdefault("extra_probes", {})[run_name] = probe(work, name, run_name)
+            print(f"\n### {name}: probes of {run_name}\n")
+            print(json.dumps(entry["extra_probes"][run_name], indent=1))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=1))
     plot(results, args.plot)
