@@ -57,7 +57,8 @@ def prepare(work: Path) -> None:
     lfm, office = SHARED / "lfm2k", SHARED / "office"
     ds, graph = work / "lfm2k" / "dataset", work / "lfm2k" / "graph"
     if not done(ds):
-        recgoat("prepare", "mmrec", "--inter", str(lfm / "lfm2k.inter"), "--original-ids", str(lfm / "lfm2k_og_ids.inter"),
+        recgoat("prepare", "mmrec", "--inter", str(lfm / "lfm2k.inter"),
+                "--original-ids", str(lfm / "lfm2k_og_ids.inter"),
                 "--feature", f"text={lfm / 'all-MiniLM-L6-v2.npy'}", "--feature", f"audio={lfm / 'vggish.npy'}",
                 "--out", str(ds), "--overwrite")
         recgoat("prepare", "user-profiles", "--data", str(ds), "--text", str(lfm / "lfm2k_text.tsv"))
@@ -155,7 +156,8 @@ def content_only(work: Path, name: str) -> dict:
     text_scores = item_knn_scores(feats[text] @ feats[text].T, r, 20)
     hybrid = {a: evaluate(cf_scores + a * text_scores, eye, inputs) for a in (0.0, 0.02, 0.05, 0.1, 0.2, 0.5)}
     alpha = max(hybrid, key=lambda a: hybrid[a]["valid"]["recall@20"])
-    rows[f"item-KNN interactions k=100 + {alpha} x item-KNN {text} k=20 (alpha of 0..0.5 best on valid)"] = hybrid[alpha]
+    label = f"item-KNN interactions k=100 + {alpha} x item-KNN {text} k=20 (alpha of 0..0.5 best on valid)"
+    rows[label] = hybrid[alpha]
     rows["(hybrid alphas tried: valid R@20)"] = {"alphas": {str(a): m["valid"]["recall@20"] for a, m in hybrid.items()}}
     return rows
 
@@ -231,7 +233,8 @@ def probe(work: Path, name: str, run_name: str) -> dict:
                     "varying_content_over_varying_id": round(float((content - content.mean(0)).norm(dim=1).mean()
                                                                    / (ident - ident.mean(0)).norm(dim=1).mean()), 4)}
     no_content = torch.where(torch.from_numpy(inputs.cold_items)[:, None], content, ident)
-    out["ranking"] = {"full": evaluate(users, items, inputs), "without_content_part": evaluate(users, no_content, inputs),
+    out["ranking"] = {"full": evaluate(users, items, inputs),
+                      "without_content_part": evaluate(users, no_content, inputs),
                       "content_part_alone": evaluate(users, content, inputs)}
     evaluated = np.nonzero((inputs.valid.degree() > 0) & (inputs.train.degree() > 0))[0]
     top_full = topk_items(users, items, evaluated, inputs.train, 20)
@@ -296,6 +299,9 @@ def plot(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     names = [n for n in ("lfm2k", "office") if "probe" in results.get(n, {}) and "content_only" in results[n]]
+    if not names:
+        print("nothing to plot yet (run the content and probe steps)")
+        return
     fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 4.6), squeeze=False)
     for ax, name in zip(axes[0], names):
         r, content, pr = results[name], results[name]["content_only"], results[name]["probe"]
@@ -306,7 +312,8 @@ def plot(results: dict, path: str) -> None:
                 "item-KNN interactions k=100": content["item-KNN on interactions, k=100"]["test"],
                 text_knn.replace("item-KNN on ", "item-KNN ") + " (no training)": content[text_knn]["test"],
                 "item-KNN interactions + text": content[hybrid]["test"],
-                "RecGOAT": pr["ranking"]["full"]["test"], "RecGOAT without content part": pr["ranking"]["without_content_part"]["test"],
+                "RecGOAT": pr["ranking"]["full"]["test"],
+                "RecGOAT without content part": pr["ranking"]["without_content_part"]["test"],
                 "RecGOAT content part alone": pr["ranking"]["content_part_alone"]["test"],
                 "RecGOAT without GAT residual": pr["gat"]["ranking_without_gat_residual"]["test"]}
         colours = ["tab:grey", "tab:grey", "tab:grey", "tab:green", "tab:green"] + ["tab:blue"] * 4
@@ -325,7 +332,8 @@ def plot(results: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", default="/tmp/recgoat-diag", help="work dir for datasets, graphs and runs (never the repo)")
+    p.add_argument("--work", default="/tmp/recgoat-diag",
+                   help="work dir for datasets, graphs and runs (never the repo)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--datasets", nargs="+", default=["lfm2k", "office"])
     p.add_argument("--steps", nargs="+", default=["prepare", "train", "content", "probe"],

@@ -78,7 +78,8 @@ def write(path, text: str) -> str:
     ("params: {model.dim: {choice: [16]}\n", "not valid YAML"),
     ("scheduler: {name: hyperband}\nparams: {model.dim: {choice: [16]}}", "'hyperband' is not one of asha, random"),
     ("scheduler: {grace: 1}\nparams: {model.dim: {choice: [16]}}", "scheduler: unknown key(s) ['grace']"),
-    ("scheduler: {reduction_factor: 1}\nparams: {model.dim: {choice: [16]}}", "reduction_factor: expected a number > 1"),
+    ("scheduler: {reduction_factor: 1}\nparams: {model.dim: {choice: [16]}}",
+     "reduction_factor: expected a number > 1"),
 ])
 def test_bad_space_is_one_error_naming_the_file_and_the_problem(text, fragment):
     with pytest.raises(SpaceError) as info:

@@ -122,8 +122,8 @@ def publish_tune(out: str, config: Config, space: SearchSpace, rows: list[dict],
         writer.write_bytes("space.yaml", yaml.safe_dump(space.raw, sort_keys=False).encode())
         writer.write_table("trials.parquet", trials_table(rows, space))
         writer.write_bytes("trials.md", trials_markdown(rows, space, metric, best).encode())
-        writer.write_bytes("trials.png", trials_plot(rows, metric, best, f"recgoat tune (base model {config.model.name}), "
-                                                     f"{space.scheduler} scheduler, {len(rows)} trials"))
+        title = f"recgoat tune (base model {config.model.name}), {space.scheduler} scheduler, {len(rows)} trials"
+        writer.write_bytes("trials.png", trials_plot(rows, metric, best, title))
         return writer.commit({
             "metric": f"valid {metric}", "mode": "max", "scheduler": space.scheduler, "num_trials": len(rows),
             "completed": sum(r["status"] == "completed" for r in rows),
