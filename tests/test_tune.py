@@ -8,7 +8,7 @@ import tempfile
 
 import pytest
 
-from recgoat_dist.config import load_config
+from recgoat_dist.config import ConfigError, load_config
 from recgoat_dist.storage import Artifact, exists
 from recgoat_dist.tune.space import SpaceError, parse_space
 
@@ -124,7 +124,7 @@ def test_cli_refuses_a_bad_space_before_starting_ray(tiny, tmp_path, capsys):
     assert not out.exists() and not ray.is_initialized()
 
 
-def test_trials_must_cover_the_grid_evenly(tiny, tmp_path):
+def test_trials_must_cover_the_grid_evenly_and_fit_the_cpus(tiny, tmp_path):
     from recgoat_dist.tune.runner import check_inputs
 
     config = base_config(tiny)
@@ -133,6 +133,8 @@ def test_trials_must_cover_the_grid_evenly(tiny, tmp_path):
         check_inputs(config, space, 4, str(tmp_path / "out"), overwrite=False)
     with pytest.raises(Exception, match="no manifest"):
         check_inputs(base_config(str(tmp_path / "missing")), space, 3, str(tmp_path / "out"), overwrite=False)
+    with pytest.raises(ConfigError, match="--cpus-per-trial 3 exceeds --num-cpus 2: no trial could start"):
+        check_inputs(config, space, 3, str(tmp_path / "out"), overwrite=False, num_cpus=2, cpus_per_trial=3)
 
 
 # ---- per-epoch reports ----------------------------------------------------------------------------

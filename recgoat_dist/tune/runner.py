@@ -33,10 +33,15 @@ def _trial_base(config: Config) -> dict:
     return base
 
 
-def check_inputs(config: Config, space: SearchSpace, trials: int, out: str, overwrite: bool) -> None:
+def check_inputs(config: Config, space: SearchSpace, trials: int, out: str, overwrite: bool,
+                 num_cpus: Optional[int] = None, cpus_per_trial: int = 1) -> None:
     """Everything that can be refused before Ray starts."""
     if trials < 1:
         raise ConfigError("--trials: must be >= 1")
+    if cpus_per_trial < 1:
+        raise ConfigError("--cpus-per-trial: must be >= 1")
+    if num_cpus is not None and cpus_per_trial > num_cpus and not _cluster_address(config):
+        raise ConfigError(f"--cpus-per-trial {cpus_per_trial} exceeds --num-cpus {num_cpus}: no trial could start")
     grid = space.grid_size()
     if trials % grid:
         raise SpaceError(f"{space.source}: the grid parameters have {grid} combinations; --trials {trials} "
@@ -51,6 +56,10 @@ def check_inputs(config: Config, space: SearchSpace, trials: int, out: str, over
         raise StorageError(f"{out}: a tune result already exists here (pass --overwrite)")
 
 
+def _cluster_address(config: Config) -> Optional[str]:
+    return config.cluster.address or os.environ.get("RAY_ADDRESS")
+
+
 def ensure_ray(config: Config, num_cpus: Optional[int], cpus_per_trial: int) -> bool:
     """Connect to ``cluster.address`` / ``RAY_ADDRESS`` or start a local Ray; True if started here."""
     import ray
@@ -58,7 +67,7 @@ def ensure_ray(config: Config, num_cpus: Optional[int], cpus_per_trial: int) -> 
     if ray.is_initialized():
         return False
     env = {"DGLBACKEND": "pytorch", "OMP_NUM_THREADS": str(cpus_per_trial)}
-    address = config.cluster.address or os.environ.get("RAY_ADDRESS")
+    address = _cluster_address(config)
     if address:
         ray.init(address=address, runtime_env={"env_vars": env})
     else:
@@ -66,6 +75,43 @@ def ensure_ray(config: Config, num_cpus: Optional[int], cpus_per_trial: int) -> 
                  _node_ip_address="127.0.0.1", runtime_env={"env_vars": env})
     logger.info("Ray cluster: %s CPUs", ray.cluster_resources().get("CPU", 0))
     return True
+
+
+def check_cluster(cpus_per_trial: int) -> None:
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    if cpus_per_trial > total:
+        raise ConfigError(f"--cpus-per-trial {cpus_per_trial} exceeds the Ray cluster's {total:g} CPUs: "
+                          "no trial could start")
+
+
+def trial_progress(trials: int):
+    """A Tune callback: a tqdm bar over finished trials, and one log line per trial."""
+    from ray.tune import Callback
+    from tqdm.auto import tqdm
+
+    class TrialProgress(Callback):
+        def __init__(self):
+            self.bar = tqdm(total=trials, desc="trials", unit="trial")
+
+        def _done(self, trial, how: str) -> None:
+            result = trial.last_result or {}
+            score = result.get("best_score")
+            logger.info("trial %s %s after %s epochs: best valid score %s", trial.trial_id, how,
+                        result.get("epoch", 0), "–" if score is None else f"{score:.4f}")
+            self.bar.update(1)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._done(trial, "finished")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._done(trial, "failed")
+
+        def on_experiment_end(self, trials, **info):
+            self.bar.close()
+
+    return TrialProgress()
 
 
 def make_scheduler(space: SearchSpace, config: Config):
@@ -126,12 +172,13 @@ def run_tune(config: Config, space: SearchSpace, trials: int, out: str, *, num_c
     from recgoat_dist.tune.publish import publish_tune
     from recgoat_dist.tune.trial import run_trial
 
-    check_inputs(config, space, trials, out, overwrite)
+    check_inputs(config, space, trials, out, overwrite, num_cpus, cpus_per_trial)
     logging.getLogger("tensorboardX").setLevel(logging.WARNING)     # one line per metric name otherwise
     workdir = tempfile.mkdtemp(prefix="recgoat-tune-")
     started = ensure_ray(config, num_cpus, cpus_per_trial)
     start = time.perf_counter()
     try:
+        check_cluster(cpus_per_trial)
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, base=_trial_base(config), keys=space.keys, workdir=workdir,
                                  threads=cpus_per_trial),
@@ -141,7 +188,8 @@ def run_tune(config: Config, space: SearchSpace, trials: int, out: str, *, num_c
             tune_config=tune.TuneConfig(
                 num_samples=trials // space.grid_size(), scheduler=make_scheduler(space, config),
                 search_alg=BasicVariantGenerator(random_state=seed), max_concurrent_trials=max_concurrent),
-            run_config=tune.RunConfig(name="tune", storage_path=os.path.join(workdir, "ray"), verbose=0))
+            run_config=tune.RunConfig(name="tune", storage_path=os.path.join(workdir, "ray"), verbose=0,
+                                      callbacks=[trial_progress(trials)]))
         logger.info("tuning %s on %s: %d trials, scheduler %s, validation %s", config.model.name,
                     config.data.graph, trials, space.scheduler, config.train.valid_metric)
         rows = trial_rows(list(tuner.fit()), space)
