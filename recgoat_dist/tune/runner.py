@@ -92,10 +92,14 @@ def trial_progress(trials: int):
     from tqdm.auto import tqdm
 
     class TrialProgress(Callback):
-        def __init__(self):
-            self.bar = tqdm(total=trials, desc="trials", unit="trial")
+        bar = None
+
+        def __getstate__(self):        # Tune saves its callbacks with the experiment state
+            return {}
 
         def _done(self, trial, how: str) -> None:
+            if self.bar is None:
+                self.bar = tqdm(total=trials, desc="trials finished", unit="trial")
             result = trial.last_result or {}
             score = result.get("best_score")
             logger.info("trial %s %s after %s epochs: best valid score %s", trial.trial_id, how,
@@ -109,7 +113,8 @@ def trial_progress(trials: int):
             self._done(trial, "failed")
 
         def on_experiment_end(self, trials, **info):
-            self.bar.close()
+            if self.bar is not None:
+                self.bar.close()
 
     return TrialProgress()
 
