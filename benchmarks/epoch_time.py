@@ -49,23 +49,23 @@ def time_interleaved(configs: dict, epochs: int) -> dict[str, float]:
     import torch
 
     from recgoat_dist.model import build_model
+    from recgoat_dist.train.engine import LocalEngine, model_meta
     from recgoat_dist.train.inputs import load_inputs
-    from recgoat_dist.train.sampling import negative_candidates
-    from recgoat_dist.train.single import FullGraph, model_meta, train_epoch
+    from recgoat_dist.train.loop import train_epoch
 
     setups, times = {}, {}
     for name, config in configs.items():
         torch.manual_seed(0)
         inputs = load_inputs(config)
         model = build_model(config.model, **model_meta(inputs))
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-        setups[name] = (FullGraph(model, inputs), optimizer, negative_candidates(inputs.train), config)
+        setups[name] = LocalEngine(config, inputs, model, tempfile.mkdtemp(prefix="rg-epoch-run-"),
+                                   np.random.default_rng(0))
+        setups[name].show_progress = False
         times[name] = []
-    rng = np.random.default_rng(0)
     for r in range(epochs + 1):                     # round 0 warms up
-        for name, (runner, optimizer, candidates, config) in setups.items():
+        for name, engine in setups.items():
             start = time.perf_counter()
-            train_epoch(runner, optimizer, candidates, config.train.batch_size, rng, False, r)
+            train_epoch(engine, r)
             if r:
                 times[name].append(time.perf_counter() - start)
     return {name: float(np.median(t)) for name, t in times.items()}

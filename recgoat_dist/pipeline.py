@@ -11,7 +11,7 @@ import argparse
 import copy
 import logging
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from recgoat_dist.config import Config, load_config
 from recgoat_dist.storage import Artifact, StorageError, absolute, join
@@ -56,18 +56,23 @@ def ensure_inputs(config: Config, workdir: str) -> Config:
     return config
 
 
-def train(config: Config, out: str, *, warm_start: Optional[dict] = None) -> dict:
+def train(config: Config, out: str, *, overwrite: bool = False, warm_start: Optional[dict] = None,
+          on_epoch: Optional[Callable[[int, Optional[dict]], None]] = None) -> dict:
     """Train single-process or on Ray, by ``cluster.num_workers``; returns the run's metrics.
 
-    The trainer's public entry point. ``warm_start``: ``{"model": state_dict}`` sized for this run.
+    The trainer's public entry point: the same loop either way, on the local or the distributed
+    engine. ``warm_start``: ``{"model": state_dict}`` of a model built for this run's dataset sizes
+    (dataset ids; the distributed engine maps rows to its partitions). ``on_epoch(epoch, valid)``:
+    called after each epoch (one process only: distributed epochs are reported through Ray Train).
     """
     if config.cluster.num_workers >= 1:
-        if warm_start is not None:
-            raise NotImplementedError("warm start of a distributed run")
+        if on_epoch is not None:
+            raise ValueError("on_epoch runs in the training process: use it with cluster.num_workers=0 "
+                             "(distributed runs report every epoch to Ray Train)")
         from recgoat_dist.train.distributed import run_distributed
-        return run_distributed(config, out)
+        return run_distributed(config, out, overwrite=overwrite, warm_start=warm_start)
     from recgoat_dist.train.single import train_single
-    return train_single(config, out, warm_start=warm_start)
+    return train_single(config, out, overwrite=overwrite, warm_start=warm_start, on_epoch=on_epoch)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -38,6 +38,51 @@ class StorageError(RuntimeError):
     """A location cannot be read or written as an artifact."""
 
 
+RETRIES = int(os.environ.get("RECGOAT_STORAGE_RETRIES", "4"))   # whole-operation retries
+RETRY_WAIT = 0.5                                                # seconds, doubled per attempt
+_TRANSIENT_NAMES = {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError",
+                    "ConnectTimeoutError", "ClientOSError", "ServerDisconnectedError", "ClientPayloadError",
+                    "IncompleteRead", "FSTimeoutError", "ResponseStreamingError"}
+_TRANSIENT_TEXT = ("SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "Throttl",
+                   "503", "500 ", "Connection reset", "Connection aborted", "timed out")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Network and throttling errors worth retrying; missing files and bad requests are not."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, StorageError)):
+        return False
+    for e in (exc, exc.__cause__, exc.__context__):
+        if e is None:
+            continue
+        if isinstance(e, (ConnectionError, TimeoutError)) or type(e).__name__ in _TRANSIENT_NAMES:
+            return True
+        if isinstance(e, OSError) and any(t in str(e) for t in _TRANSIENT_TEXT):
+            return True
+    return False
+
+
+def retrying(what: str, fn, retries: int | None = None):
+    """``fn()``, retried on transient storage errors with exponential back-off.
+
+    Retries whole operations (a file read or a whole-object write), on top of the per-request
+    retries of botocore/s3fs, so a connection dropped in the middle of a multipart upload or of
+    a long read restarts the file rather than failing the stage.
+    """
+    import time
+
+    retries = RETRIES if retries is None else retries
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt == retries or not is_transient(exc):
+                raise
+            wait = RETRY_WAIT * 2 ** attempt
+            logger.warning("%s: transient storage error (%s: %s); retry %d/%d in %.1f s", what,
+                           type(exc).__name__, str(exc)[:200], attempt + 1, retries, wait)
+            time.sleep(wait)
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Return ``(fs, path)`` for ``url``, honouring ``AWS_ENDPOINT_URL`` for ``s3://``."""
     url = str(url)
@@ -51,6 +96,9 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
             options["client_kwargs"] = {"endpoint_url": endpoint}
         # Listings must not be served from a stale cache after another process wrote.
         options["use_listings_cache"] = False
+        # botocore's own per-request retries (connection errors, throttling, 5xx)
+        attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", "5"))
+        options["config_kwargs"] = {"retries": {"max_attempts": attempts, "mode": "standard"}}
     try:
         fs, path = fsspec.core.url_to_fs(url, **options)
     except (ValueError, ImportError) as exc:
@@ -78,16 +126,20 @@ def is_local(url: str) -> bool:
 def exists(url: str) -> bool:
     fs, path = filesystem(url)
     try:
-        return fs.exists(path)
+        return retrying(f"check {url}", lambda: fs.exists(path))
     except Exception as exc:  # network errors, permissions
         raise StorageError(f"{url}: cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 def read_bytes(url: str) -> bytes:
     fs, path = filesystem(url)
-    try:
+
+    def read() -> bytes:
         with fs.open(path, "rb") as fh:
             return fh.read()
+
+    try:
+        return retrying(f"read {url}", read)
     except FileNotFoundError as exc:
         raise StorageError(f"{url}: not found") from exc
     except Exception as exc:
@@ -138,7 +190,7 @@ class ArtifactWriter:
         self.files: dict[str, dict[str, Any]] = {}
         self._committed = False
         manifest = posixpath.join(self.root, MANIFEST)
-        if self.fs.exists(manifest):
+        if retrying(f"check {self.url}", lambda: self.fs.exists(manifest)):
             if not overwrite:
                 raise StorageError(f"{self.url}: an artifact already exists here (pass --overwrite)")
             logger.info("overwriting artifact at %s", self.url)
@@ -182,9 +234,18 @@ class ArtifactWriter:
         if rows is not None:
             self.files[rel]["rows"] = int(rows)
 
+    def _retry_whole(self, rel: str, write) -> None:
+        """Write ``rel`` with ``write(fh)``, restarting the whole object on a transient error."""
+        def attempt():
+            self.files.pop(rel, None)
+            with self.open(rel) as fh:
+                write(fh)
+        retrying(f"write {join(self.url, rel)}", attempt)
+
     def write_bytes(self, rel: str, data: bytes) -> None:
-        with self.open(rel) as fh:
-            fh.write(data)
+        if rel in self.files:
+            raise StorageError(f"{self.url}: {rel} written twice")
+        self._retry_whole(rel, lambda fh: fh.write(data))
 
     def write_json(self, rel: str, obj: Any) -> None:
         self.write_bytes(rel, json.dumps(obj, indent=2, sort_keys=True).encode())
@@ -193,14 +254,19 @@ class ArtifactWriter:
         """Write one Parquet file (zstd) and record its row count."""
         buf = pa.BufferOutputStream()
         pq.write_table(table, buf, compression="zstd")
-        with self.open(rel, rows=table.num_rows) as fh:
-            fh.write(buf.getvalue().to_pybytes())
+        self.write_bytes(rel, buf.getvalue().to_pybytes())
+        self.files[rel]["rows"] = int(table.num_rows)
 
     def put_file(self, local_path: str, rel: str) -> None:
         """Upload a local file (e.g. produced by a library that writes to disk)."""
-        with open(local_path, "rb") as src, self.open(rel) as dst:
-            for block in iter(lambda: src.read(1 << 22), b""):
-                dst.write(block)
+        if rel in self.files:
+            raise StorageError(f"{self.url}: {rel} written twice")
+
+        def copy(dst):
+            with open(local_path, "rb") as src:
+                for block in iter(lambda: src.read(1 << 22), b""):
+                    dst.write(block)
+        self._retry_whole(rel, copy)
 
     def commit(self, meta: dict[str, Any]) -> dict[str, Any]:
         """Write ``manifest.json`` (the artifact becomes visible) and return it."""
@@ -211,8 +277,12 @@ class ArtifactWriter:
             **meta,
             "files": dict(sorted(self.files.items())),
         }
-        with self.fs.open(posixpath.join(self.root, MANIFEST), "wb") as fh:
-            fh.write(json.dumps(manifest, indent=2, sort_keys=True).encode())
+        data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+        def write() -> None:
+            with self.fs.open(posixpath.join(self.root, MANIFEST), "wb") as fh:
+                fh.write(data)
+        retrying(f"write {join(self.url, MANIFEST)}", write)
         self._committed = True
         logger.info("published %s artifact at %s (%d files)", self.kind, self.url, len(self.files))
         return manifest
@@ -226,7 +296,7 @@ class Artifact:
         self.fs, self.root = filesystem(self.url)
         manifest_url = join(self.url, MANIFEST)
         try:
-            found = self.fs.exists(posixpath.join(self.root, MANIFEST))
+            found = retrying(f"check {manifest_url}", lambda: self.fs.exists(posixpath.join(self.root, MANIFEST)))
         except Exception as exc:
             raise StorageError(f"{manifest_url}: cannot be read ({type(exc).__name__}: {exc})") from exc
         if not found:
@@ -245,7 +315,7 @@ class Artifact:
         for rel, info in self.manifest.get("files", {}).items():
             path = posixpath.join(self.root, rel)
             try:
-                size = self.fs.size(path)
+                size = retrying(f"check {join(self.url, rel)}", lambda: self.fs.size(path))
             except FileNotFoundError:
                 raise StorageError(f"{join(self.url, rel)}: listed in the manifest but missing") from None
             if size != info["bytes"]:
@@ -283,10 +353,26 @@ class Artifact:
 
     def fetch(self, rel: str, local_path: str) -> str:
         """Copy a verified file to ``local_path`` (e.g. for libraries that read from disk)."""
-        data = self.read_bytes(rel)
+        info = self.manifest["files"].get(rel)
+        if info is None:
+            raise StorageError(f"{join(self.url, rel)}: not listed in the manifest")
         os.makedirs(os.path.dirname(local_path) or ".", exist_ok=True)
         tmp = f"{local_path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+
+        def copy() -> str:        # in blocks: a part file can be larger than this process's memory
+            digest = hashlib.sha256()
+            with self.fs.open(posixpath.join(self.root, rel), "rb") as src, open(tmp, "wb") as dst:
+                for block in iter(lambda: src.read(1 << 24), b""):
+                    digest.update(block)
+                    dst.write(block)
+            return digest.hexdigest()
+
+        try:
+            sha = retrying(f"read {join(self.url, rel)}", copy)
+        except FileNotFoundError as exc:
+            raise StorageError(f"{join(self.url, rel)}: not found") from exc
+        if sha != info["sha256"]:
+            os.remove(tmp)
+            raise StorageError(f"{join(self.url, rel)}: checksum mismatch (SHA-256 differs from the manifest)")
         os.replace(tmp, local_path)
         return local_path

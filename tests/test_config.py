@@ -52,3 +52,10 @@ def test_a_section_given_a_scalar_is_an_error(tmp_path):
     path.write_text("train: 5\n")
     with pytest.raises(ConfigError, match="train: expected a mapping"):
         load_config(str(path))
+
+
+def test_float_keys_take_exponent_notation():
+    from recgoat_dist.config import load_config
+    assert load_config(None, ["train.lr=1e-3", "model.ot_eps=5e-1"]).train.lr == 0.001
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(None, ["train.lr=fast"])

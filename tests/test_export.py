@@ -66,3 +66,29 @@ def test_demo_runs_the_whole_pipeline_in_one_process(tmp_path, capsys):
     assert "recall" in printed and "test_cold" in printed and "export written" in printed
     export = Artifact(str(out / "export"), kind="export")
     assert export["num_users"] == 2000 and export["num_items"] == 1500 and export["top_k"] == 20
+
+
+def test_export_forced_ann_to_s3(trained_run, s3_url, caplog):
+    """`--set export.ann_above=0` ranks through the FAISS index (logged with its reason); the
+    export lands on s3:// with the index and ann_recall@20; the default stays exact."""
+    import logging
+
+    import faiss
+
+    config, run = trained_run
+    out = f"{s3_url}/export"
+    with caplog.at_level(logging.INFO, logger="recgoat_dist.export.recommendations"):
+        assert main(["export", "--run", run, "--out", out, "--top-k", "20", "--set", "export.ann_above=0"]) == 0
+    assert "ranking engine ann: 200 items > export.ann_above=0" in caplog.text
+    art = Artifact(out, kind="export")
+    assert art["ranking"]["engine"] == "ann" and art["ann_recall@20"] >= 0.95
+    index = faiss.deserialize_index(np.frombuffer(art.read_bytes("index/items.faiss"), dtype=np.uint8))
+    assert index.ntotal == 200 and isinstance(index, faiss.IndexIVFFlat)
+    recs = pa.concat_tables([art.read_table(f) for f in art.files("recommendations/")]).to_pandas()
+    assert (recs.groupby("user_id")["item_id"].nunique() == 20).all() and recs["user_id"].nunique() == 300
+    ds = Dataset(config.data.dataset)
+    train = ds.interactions("train")
+    uid, iid = ds.original_ids("user"), ds.original_ids("item")
+    assert not set(zip(uid[train["user_id"]], iid[train["item_id"]])) & set(zip(recs["user_id"], recs["item_id"]))
+    assert main(["export", "--run", run, "--out", f"{s3_url}/exact", "--top-k", "5"]) == 0
+    assert Artifact(f"{s3_url}/exact", kind="export")["ranking"]["engine"] == "exact"

@@ -14,7 +14,8 @@ from recgoat_dist.data.dataset import DataError, Dataset, DatasetWriter
 from recgoat_dist.model import VARIANTS
 from recgoat_dist.train import checkpoint as ckpt
 from recgoat_dist.train.run import Run
-from recgoat_dist.train.single import FullGraph, evaluate, train_single
+from recgoat_dist.train.engine import evaluate_splits, infer_embeddings
+from recgoat_dist.train.single import train_single
 
 
 def make_data(root, users: int, items: int, seed: int = 0) -> tuple[str, str]:
@@ -50,11 +51,13 @@ def test_training_improves_over_untrained_model(default_data, tmp_path_factory):
                                 "train.batch_size=4096", "train.progress=false"])
     from recgoat_dist.model import build_model
     from recgoat_dist.train.inputs import load_inputs
-    from recgoat_dist.train.single import model_meta
+    from recgoat_dist.train.engine import model_meta
 
     torch.manual_seed(config.train.seed)
     inputs = load_inputs(config)
-    untrained = evaluate(FullGraph(build_model(config.model, **model_meta(inputs)), inputs), config)["valid"]
+    untrained_model = build_model(config.model, **model_meta(inputs))
+    untrained = evaluate_splits(*infer_embeddings(untrained_model, inputs, config.model.dim), inputs, config,
+                                ("valid",), cold=False)["valid"]
     metrics = train_single(config, str(tmp_path_factory.mktemp("run") / "run"))
     assert metrics["valid"]["recall@20"] > untrained["recall@20"] + 0.05, (untrained, metrics["valid"])
     assert metrics["test"]["recall@20"] > untrained["recall@20"] + 0.05
@@ -81,25 +84,27 @@ def test_cold_item_vectors_ignore_their_untrained_id_rows(small):
     and no cold item is an OAT landmark."""
     from recgoat_dist.model import build_model
     from recgoat_dist.train.inputs import load_inputs
-    from recgoat_dist.train.single import model_meta
+    from recgoat_dist.train.engine import model_meta
 
     _, graph = small
     config = config_for(graph, "model.name=recgoat")
     inputs = load_inputs(config)
     torch.manual_seed(0)
     model = build_model(config.model, **model_meta(inputs))
-    runner = FullGraph(model, inputs)
     cold = torch.from_numpy(inputs.cold_items)
-    assert cold.any() and torch.equal(cold, runner.item_cold)
-    users0, items0 = runner.embeddings()
+    assert cold.any()
+
+    def embeddings():
+        return infer_embeddings(model, inputs, config.model.dim)
+    users0, items0 = embeddings()
     assert not cold[model.landmark_idx].any()
     with torch.no_grad():
         model.id.item[cold] += 5.0
-    users1, items1 = runner.embeddings()
+    users1, items1 = embeddings()
     assert torch.equal(items0, items1) and torch.equal(users0, users1)
     with torch.no_grad():
         model.id.item[~cold] += 5.0                  # warm items do rank with their ID rows
-    assert not torch.equal(items0[~cold], runner.embeddings()[1][~cold])
+    assert not torch.equal(items0[~cold], embeddings()[1][~cold])
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -118,36 +123,38 @@ def test_every_variant_runs_one_epoch(small, tmp_path, name):
     assert run.load_model().name == name
 
 
-def test_resume_continues_from_the_saved_epoch(small, tmp_path, monkeypatch):
+@pytest.mark.parametrize("propagation", ["full", "sampled"])
+def test_resume_continues_from_the_saved_epoch(small, tmp_path, monkeypatch, propagation):
     _, graph = small
-    config = config_for(graph, "model.name=lightgcn", "train.epochs=4", "train.lr=0.01")
+    config = config_for(graph, "model.name=lightgcn", "train.epochs=4", "train.lr=0.01",
+                        f"train.propagation={propagation}")
     reference = train_single(config, str(tmp_path / "reference"))
 
-    import recgoat_dist.train.single as single
-    real_log = single.log_epoch
+    import recgoat_dist.train.loop as loop
+    real_log = loop.log_epoch
 
     def crash_after_epoch_1(epoch, *args, **kwargs):
         real_log(epoch, *args, **kwargs)
         if epoch == 1:
             raise KeyboardInterrupt("simulated crash")
 
-    monkeypatch.setattr(single, "log_epoch", crash_after_epoch_1)
+    monkeypatch.setattr(loop, "log_epoch", crash_after_epoch_1)
     out = str(tmp_path / "crashed")
     with pytest.raises(KeyboardInterrupt):
         train_single(config, out)
     assert ckpt.load(f"{out}/checkpoints/last.pt")["epoch"] == 1
-    monkeypatch.setattr(single, "log_epoch", real_log)
+    monkeypatch.setattr(loop, "log_epoch", real_log)
 
     seen = []
-    real_train_epoch = single.train_epoch
+    real_train_epoch = loop.train_epoch
 
-    def recording_train_epoch(*args, **kwargs):
-        seen.append(args[-1])
-        return real_train_epoch(*args, **kwargs)
+    def recording_train_epoch(engine, epoch):
+        seen.append(epoch)
+        return real_train_epoch(engine, epoch)
 
-    monkeypatch.setattr(single, "train_epoch", recording_train_epoch)
+    monkeypatch.setattr(loop, "train_epoch", recording_train_epoch)
     resumed = train_single(config_for(graph, "model.name=lightgcn", "train.epochs=4", "train.lr=0.01",
-                                      "train.resume=true"), out)
+                                      f"train.propagation={propagation}", "train.resume=true"), out)
     assert seen == [2, 3]                                 # only the epochs after the checkpoint
     assert resumed["epochs_run"] == 4 and resumed["best_epoch"] == reference["best_epoch"]
     for key in ("valid", "test"):
@@ -244,3 +251,18 @@ def test_cli_trains_to_s3_saves_the_resolved_config_and_refuses_to_clobber(small
     assert "already exists" in capsys.readouterr().err
     assert main(["train", "--set", "train.epochz=1", "--out", s3_url]) == 2
     assert "unknown config key train.epochz" in capsys.readouterr().err
+
+
+def test_on_epoch_sees_every_epoch_after_its_checkpoint(small, tmp_path):
+    from recgoat_dist.pipeline import train
+
+    _, graph = small
+    out, seen = str(tmp_path / "run"), []
+
+    def record(epoch, valid):
+        seen.append((epoch, valid["recall@20"]))
+        assert ckpt.load(f"{out}/checkpoints/last.pt")["epoch"] == epoch
+
+    metrics = train(config_for(graph, "model.name=lightgcn", "train.epochs=3"), out, on_epoch=record)
+    assert [e for e, _ in seen] == [0, 1, 2]
+    assert dict(seen)[metrics["best_epoch"]] == pytest.approx(metrics["valid"]["recall@20"])

@@ -34,7 +34,10 @@ def _parquet(args: argparse.Namespace) -> None:
 def _synthetic(args: argparse.Namespace) -> None:
     from recgoat_dist.data.synthetic import generate_synthetic
 
-    generate_synthetic(args.out, users=args.users, items=args.items, seed=args.seed, overwrite=args.overwrite)
+    generate_synthetic(args.out, users=args.users, items=args.items, seed=args.seed, overwrite=args.overwrite,
+                       interactions_per_user=args.interactions_per_user, topics=args.topics,
+                       text_dim=args.text_dim, modalities=tuple(args.modalities.split(",")),
+                       chunk_users=args.chunk_users)
 
 
 def _encode_items(args: argparse.Namespace) -> None:
@@ -75,6 +78,12 @@ def register(subparsers) -> None:
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--items", type=int, default=1500)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--interactions-per-user", type=float, default=20.0, help="mean interactions per user")
+    p.add_argument("--topics", type=int, default=32, help="planted communities (item topics)")
+    p.add_argument("--text-dim", type=int, default=64, help="dimension of the item/user text modality")
+    p.add_argument("--modalities", default="text,visual", help="item modalities: text,visual or text")
+    p.add_argument("--chunk-users", type=int, default=50_000,
+                   help="users generated (and held in memory) at once; part of the seed's output")
     p.set_defaults(func=_synthetic)
 
     for p in (sub.choices["mmrec"], sub.choices["parquet"], sub.choices["synthetic"]):

@@ -274,6 +274,10 @@ class Dataset:
             column = self.artifact.read_table(rel, columns=["embedding"])["embedding"].combine_chunks()
             yield column.values.to_numpy(zero_copy_only=False).reshape(-1, dim)
 
+    def iter_features(self, kind: str, name: str) -> Iterator[np.ndarray]:
+        """Features of one ``kind`` ('item' | 'user') modality in row blocks (in id order)."""
+        return self._features(kind, name)
+
     def iter_item_features(self, name: str) -> Iterator[np.ndarray]:
         """Item features of one modality in row blocks (in item id order)."""
         return self._features("item", name)

@@ -45,6 +45,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -124,17 +125,24 @@ class PlantedModel:
     def is_cold(self, items: np.ndarray) -> np.ndarray:
         return np.asarray(items) >= self.num_items - self.cold_items
 
-    def item_views(self, block: int, start: int, stop: int) -> dict[str, np.ndarray]:
-        """Features of items ``start..stop`` (item block ``block``), one float32 array per modality."""
+    def item_views(self, block: int, start: int, stop: int,
+                   modalities: tuple[str, ...] = MODALITIES) -> dict[str, np.ndarray]:
+        """Features of items ``start..stop`` (item block ``block``), one float32 array per modality.
+
+        Views are drawn in :data:`MODALITIES` order from one stream, so leaving out a later view
+        (``modalities=("text",)``) leaves the earlier ones unchanged.
+        """
         rng = np.random.default_rng([self.seed, _ITEMS, block])
         topic, _ = self.topic_and_rank(np.arange(start, stop))
         z = self.centres[topic] + LATENT_NOISE * rng.standard_normal((stop - start, LATENT_DIM), dtype=np.float32)
         out = {}
-        for name in MODALITIES:
+        last = max(MODALITIES.index(m) for m in modalities)
+        for name in MODALITIES[:last + 1]:
             w1, b1, w2 = self.views[name]
             x = np.tanh(z @ w1 + b1) @ w2
             x += VIEW_NOISE[name] * rng.standard_normal(x.shape, dtype=np.float32)
-            out[name] = x
+            if name in modalities:
+                out[name] = x
         return out
 
     # -- users ------------------------------------------------------------------------------------
@@ -273,7 +281,8 @@ def eval_size(n):
 
 
 def _validate(users: int, items: int, topics: int, text_dim: int, visual_dim: int,
-              interactions_per_user: float, cold_item_fraction: float, chunk_users: int) -> None:
+              interactions_per_user: float, cold_item_fraction: float, chunk_users: int,
+              item_chunk: int = ITEM_CHUNK, modalities: tuple[str, ...] = MODALITIES) -> None:
     checks = [
         (users >= 1, f"users must be >= 1, got {users}"),
         (items >= 2, f"items must be >= 2, got {items}"),
@@ -282,6 +291,9 @@ def _validate(users: int, items: int, topics: int, text_dim: int, visual_dim: in
         (interactions_per_user >= 1, f"interactions_per_user must be >= 1, got {interactions_per_user}"),
         (0 <= cold_item_fraction <= 0.5, f"cold_item_fraction must be in [0, 0.5], got {cold_item_fraction}"),
         (chunk_users >= 1, f"chunk_users must be >= 1, got {chunk_users}"),
+        (item_chunk >= 1, f"item_chunk must be >= 1, got {item_chunk}"),
+        (len(modalities) >= 1 and set(modalities) <= set(MODALITIES) and len(set(modalities)) == len(modalities),
+         f"modalities must be distinct names from {MODALITIES}, got {modalities}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -293,45 +305,87 @@ def _original_ids(prefix: str, n: int):
     return (f"{prefix}{i:0{width}d}" for i in range(n))
 
 
+def synthetic_blocks(model: PlantedModel, users: int, interactions_per_user: float, chunk_users: int,
+                     item_chunk: int = ITEM_CHUNK, modalities: tuple[str, ...] = MODALITIES,
+                     user_text: bool = True) -> Iterator[tuple]:
+    """The dataset as a stream of blocks, in the order they are written.
+
+    Yields ``("item", name, start, features)`` for every item block and modality, then per user
+    block ``("interactions", table)`` and (with ``user_text``) ``("user", "text", start, features)``.
+    Memory is one block: ``item_chunk`` items or ``chunk_users`` users.
+    """
+    blocks = list(chunk_ranges(model.num_items, item_chunk))
+    for block, (start, stop) in enumerate(tqdm(blocks, desc="item features", unit="chunk", mininterval=2)):
+        for name, values in model.item_views(block, start, stop, modalities).items():
+            yield "item", name, start, values
+    blocks = list(chunk_ranges(users, chunk_users))
+    for block, (start, stop) in enumerate(tqdm(blocks, desc="interactions", unit="chunk", mininterval=2)):
+        table, latent = model.user_interactions(block, start, stop, interactions_per_user)
+        yield ("interactions", table)
+        if user_text:
+            yield "user", "text", start, model.user_text(block, latent)
+
+
+def synthetic_arrays(users: int, items: int, seed: int = 0, *, text_dim: int = 64, visual_dim: int = 64,
+                     topics: int = 32, interactions_per_user: float = 20.0, cold_item_fraction: float = 0.05,
+                     chunk_users: int = 50_000, item_chunk: int = ITEM_CHUNK,
+                     modalities: tuple[str, ...] = MODALITIES, user_text: bool = True) -> dict[str, np.ndarray]:
+    """The same dataset as :func:`generate_synthetic`, held in memory (for tests and small runs):
+    interaction columns, ``item_<modality>`` and ``user_text`` feature matrices."""
+    _validate(users, items, topics, text_dim, visual_dim, interactions_per_user, cold_item_fraction,
+              chunk_users, item_chunk, modalities)
+    model = PlantedModel.create(seed, items, topics, int(round(cold_item_fraction * items)),
+                                {"text": text_dim, "visual": visual_dim})
+    parts: dict[str, list] = {}
+    for record in synthetic_blocks(model, users, interactions_per_user, chunk_users, item_chunk,
+                                   tuple(modalities), user_text):
+        if record[0] == "interactions":
+            for column in record[1].column_names:
+                parts.setdefault(column, []).append(record[1][column].to_numpy())
+        else:
+            parts.setdefault(f"{record[0]}_{record[1]}", []).append(record[3])
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
 def generate_synthetic(out: str, users: int, items: int, seed: int = 0, *, text_dim: int = 64,
                        visual_dim: int = 64, topics: int = 32, interactions_per_user: float = 20.0,
                        cold_item_fraction: float = 0.05, chunk_users: int = 50_000,
-                       user_text: bool = True, overwrite: bool = False) -> dict:
-    """Write a synthetic dataset (item modalities ``text`` and ``visual``; user modality ``text``
-    unless ``user_text=False``) to ``out``; returns the manifest.
+                       user_text: bool = True, overwrite: bool = False, item_chunk: int = ITEM_CHUNK,
+                       modalities: tuple[str, ...] = MODALITIES) -> dict:
+    """Write a synthetic dataset (item modalities ``modalities``, default ``text`` and ``visual``;
+    user modality ``text`` unless ``user_text=False``) to ``out``; returns the manifest.
 
     See the module docstring for the generative model. Original ids are ``u000123`` / ``i000045``.
+    Streams: every block is written as soon as it is drawn (:func:`synthetic_blocks`), so memory
+    is bounded by ``chunk_users`` and ``item_chunk``, not by the catalogue.
     """
+    modalities = tuple(modalities)
     _validate(users, items, topics, text_dim, visual_dim, interactions_per_user, cold_item_fraction,
-              chunk_users)
+              chunk_users, item_chunk, modalities)
     t0 = time.perf_counter()
     cold = int(round(cold_item_fraction * items))
     model = PlantedModel.create(seed, items, topics, cold, {"text": text_dim, "visual": visual_dim})
     params = {"format": "synthetic", "seed": seed, "users": users, "items": items, "topics": topics,
               "text_dim": text_dim, "visual_dim": visual_dim, "interactions_per_user": interactions_per_user,
               "cold_item_fraction": cold_item_fraction, "chunk_users": chunk_users,
-              "item_chunk": ITEM_CHUNK, "favourite_topics": FAVOURITE_TOPICS, "explore": EXPLORE,
+              "item_chunk": item_chunk, "favourite_topics": FAVOURITE_TOPICS, "explore": EXPLORE,
               "popularity_exponent": POPULARITY_EXPONENT, "latent_dim": LATENT_DIM,
               "latent_noise": LATENT_NOISE, "view_noise": dict(VIEW_NOISE),
               "user_text": user_text, "user_text_noise": USER_TEXT_NOISE}
+    if modalities != MODALITIES:
+        params["modalities"] = list(modalities)
     with DatasetWriter(out, users, items, source=f"synthetic(seed={seed})", overwrite=overwrite) as writer:
-        blocks = list(chunk_ranges(items, ITEM_CHUNK))
-        for block, (start, stop) in enumerate(tqdm(blocks, desc="item features", unit="chunk", mininterval=2)):
-            for name, values in model.item_views(block, start, stop).items():
-                writer.add_features("item", name, start, values)
-        t1 = time.perf_counter()
-        logger.info("wrote %d items x %s in %.1f s", items, list(MODALITIES), t1 - t0)
-
         rows = 0
-        blocks = list(chunk_ranges(users, chunk_users))
-        for block, (start, stop) in enumerate(tqdm(blocks, desc="interactions", unit="chunk", mininterval=2)):
-            table, latent = model.user_interactions(block, start, stop, interactions_per_user)
-            writer.add_interactions(table, first_row=rows)
-            if user_text:
-                writer.add_features("user", "text", start, model.user_text(block, latent))
-            rows += table.num_rows
-        t2 = time.perf_counter()
-        logger.info("wrote %d interactions of %d users in %.1f s", rows, users, t2 - t1)
+        for record in synthetic_blocks(model, users, interactions_per_user, chunk_users, item_chunk,
+                                       modalities, user_text):
+            if record[0] == "interactions":
+                writer.add_interactions(record[1], first_row=rows)
+                rows += record[1].num_rows
+            else:
+                writer.add_features(*record)
+        t1 = time.perf_counter()
+        logger.info("wrote %d items x %s and %d interactions of %d users in %.1f s", items,
+                    list(modalities), rows, users, t1 - t0)
 
         writer.add_id_map("user", _original_ids("u", users))
         writer.add_id_map("item", _original_ids("i", items))
@@ -341,5 +395,5 @@ def generate_synthetic(out: str, users: int, items: int, seed: int = 0, *, text_
             "cold_item_rule": "item_id >= num_items - cold_items (never in train)",
         })
     logger.info("id maps and validation in %.1f s; synthetic dataset at %s in %.1f s",
-                time.perf_counter() - t2, out, time.perf_counter() - t0)
+                time.perf_counter() - t1, out, time.perf_counter() - t0)
     return manifest

@@ -166,6 +166,13 @@ def print_metrics_table(metrics: dict) -> str:
     if metrics.get("seconds_per_epoch") is not None:
         head.append(f"{metrics['seconds_per_epoch']:.2f} s/epoch")
     lines.append(", ".join(head))
+    cost = metrics.get("step_cost")
+    if cost:
+        inputs = cost["input_nodes_per_step"]
+        lines.append(f"step_cost ({cost['propagation']}): {cost['seconds_per_step']:.4f} s/step, "
+                     f"{cost['edges_per_second']:.0f} training edges/s, {cost['seeds_per_step']:.0f} seeds/step, "
+                     f"input nodes/step {inputs['user']:.0f} users + {inputs['item']:.0f} items "
+                     f"(max {cost['input_nodes_max']['user']} + {cost['input_nodes_max']['item']})")
     header = f"{'split':<11}{'metric':<10}" + "".join(f"{'@' + str(k):>9}" for k in ks)
     lines.append(header)
     lines.append("-" * len(header))

@@ -5,6 +5,8 @@ Layout of the export artifact (manifest last)::
     users/part-<start>.parquet            user_id string, embedding fixed_size_list<float32>[d]
     items/part-<start>.parquet            item_id string, embedding fixed_size_list<float32>[d], cold bool
     recommendations/part-<start>.parquet  user_id string, rank int16, item_id string, score float32
+    index/items.faiss                     FAISS index over the item embeddings (row = item id),
+                                          IVF-Flat above export.ann_above items, flat below
 
 Scores are dot products of the exported embeddings, so ``score = <user, item>`` can be checked
 or recomputed downstream. Recommendations never contain a user's training items; cold items (no
@@ -23,6 +25,7 @@ from tqdm.auto import tqdm
 
 from recgoat_dist.data.dataset import Dataset, chunk_ranges
 from recgoat_dist.eval.metrics import UserItems, topk_items
+from recgoat_dist.export.ranking import build_exact_index, choose_engine, tune_ann, write_index
 from recgoat_dist.storage import Artifact, ArtifactWriter, join
 
 logger = logging.getLogger(__name__)
@@ -35,13 +38,13 @@ def embedding_table(id_name: str, ids: np.ndarray, emb: np.ndarray, **extra) -> 
                      **{k: pa.array(v) for k, v in extra.items()}})
 
 
-def recommendation_table(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.ndarray, train,
-                         k: int, user_ids: np.ndarray, item_ids: np.ndarray) -> pa.Table:
-    """Top-``k`` items of ``users`` (rows of ``user_emb`` and ``train``), never a training item."""
-    top = topk_items(user_emb, item_emb, users, train, k)
+def recommendation_table(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.ndarray, top: np.ndarray,
+                         train: UserItems, user_ids: np.ndarray, item_ids: np.ndarray) -> pa.Table:
+    """Rows for the ranked items ``top`` (len(users), k) of ``users``; -1 and training items dropped."""
     # A user who has trained on almost the whole catalog gets fewer than k items.
-    valid = ~train.contains(users[:, None], top)
-    scores = torch.einsum("ud,ukd->uk", user_emb[users], item_emb[torch.from_numpy(top)]).numpy()
+    valid = (top >= 0) & ~train.contains(users[:, None], np.maximum(top, 0))
+    scores = torch.einsum("ud,ukd->uk", user_emb[torch.from_numpy(users)],
+                          item_emb[torch.from_numpy(np.maximum(top, 0))]).numpy()
     rows, cols = np.nonzero(valid)
     return pa.table({"user_id": pa.array(user_ids[users[rows]], pa.string()),
                      "rank": pa.array(cols.astype(np.int16)),
@@ -49,24 +52,67 @@ def recommendation_table(user_emb: torch.Tensor, item_emb: torch.Tensor, users: 
                      "score": pa.array(scores[rows, cols].astype(np.float32))})
 
 
+def write_embeddings(writer: ArtifactWriter, user_ids: np.ndarray, item_ids: np.ndarray, users_np: np.ndarray,
+                     items_np: np.ndarray, cold: np.ndarray) -> None:
+    """``users/`` and ``items/`` embedding parts, keyed by original ids."""
+    for lo, hi in chunk_ranges(len(users_np), ROWS_PER_FILE):
+        writer.write_table(f"users/part-{lo:012d}.parquet", embedding_table("user_id", user_ids[lo:hi], users_np[lo:hi]))
+    for lo, hi in chunk_ranges(len(items_np), ROWS_PER_FILE):
+        writer.write_table(f"items/part-{lo:012d}.parquet", embedding_table(
+            "item_id", item_ids[lo:hi], items_np[lo:hi], cold=cold[lo:hi]))
+
+
+def write_recommendations(writer: ArtifactWriter, user_emb: torch.Tensor, item_emb: torch.Tensor,
+                          train: UserItems, user_ids: np.ndarray, item_ids: np.ndarray, top_k: int, *,
+                          user_block: int = 4096, engine: str = "auto", ann_above: int = 200_000,
+                          target_recall: float = 0.97, recall_users: int = 2000, seed: int = 0) -> dict:
+    """Rank the catalog for every user, block by block, and write ``recommendations/`` and
+    ``index/items.faiss``; returns the manifest's ``ranking`` section.
+
+    ``engine``: ``auto`` (exact up to ``ann_above`` items, the FAISS IVF index above), ``exact``
+    or ``ann`` (see :mod:`recgoat_dist.export.ranking`).
+    """
+    num_users, num_items = user_emb.shape[0], item_emb.shape[0]
+    engine, reason = choose_engine(engine, num_items, ann_above)
+    logger.info("ranking engine %s: %s", engine, reason)
+    k = min(top_k, num_items)
+    t0 = time.perf_counter()
+    if engine == "ann":
+        ranker = tune_ann(user_emb, item_emb, train, target_recall=target_recall,
+                          recall_users=recall_users, seed=seed)
+        info, index = dict(ranker.info), ranker.index
+        rank = ranker.topk
+    else:
+        info, index = {"index_type": "Flat (inner product)"}, build_exact_index(item_emb.numpy())
+        rank = lambda u_emb, i_emb, users, pairs, kk: topk_items(u_emb, i_emb, users, pairs, kk)  # noqa: E731
+    t1 = time.perf_counter()
+    for lo, hi in tqdm(list(chunk_ranges(num_users, user_block)), desc=f"recommendations ({engine})",
+                       unit="block", mininterval=2):
+        users = np.arange(lo, hi)
+        top = rank(user_emb, item_emb, users, train, k)
+        writer.write_table(f"recommendations/part-{lo:012d}.parquet", recommendation_table(
+            user_emb, item_emb, users, top, train, user_ids, item_ids))
+    t2 = time.perf_counter()
+    index_size = write_index(writer, "index/items.faiss", index)
+    logger.info("ranked %d users x %d items (%s) in %.1f s", num_users, num_items, engine, t2 - t1)
+    return {"engine": engine, "reason": reason, "index": "index/items.faiss",
+            "index_rows": "item id order (the rows of items/)", "index_bytes": int(index_size), **info,
+            "seconds_prepare": round(t1 - t0, 2), "seconds_rank": round(t2 - t1, 2)}
+
+
 def export_run(run_url: str, out: str, top_k: int = 100, checkpoint: str = "best",
-               user_block: int = 4096, overwrite: bool = False) -> dict:
+               user_block: int = 4096, overwrite: bool = False, *, engine: str = "auto",
+               ann_above: int = 200_000, target_recall: float = 0.97, recall_users: int = 2000) -> dict:
     """Write embeddings and top-``top_k`` recommendations of the run at ``run_url`` to ``out``.
 
-    A single-process run is re-inferred from its ``checkpoint``; a distributed run is exported from
-    the final embeddings its workers wrote (``<run>/embeddings``), so no process needs the graph.
+    Embeddings come from :func:`run_embeddings`; ranking from :func:`write_recommendations`
+    (``engine``/``ann_above``: exact scoring for small catalogs, a FAISS IVF index above).
     """
     from recgoat_dist.train.run import Run
 
     start = time.perf_counter()
     run = Run(run_url)
-    if run.artifact.get("distributed"):
-        if checkpoint != "best":
-            raise ValueError(f"{run_url} is a distributed run: only its evaluated epoch's embeddings "
-                             f"(<run>/embeddings) can be exported, not checkpoint {checkpoint!r}")
-        v = _distributed_vectors(run)
-    else:
-        v = _single_process_vectors(run, checkpoint)
+    v = run_embeddings(run, checkpoint)
     logger.info("embeddings of %d users and %d items ready in %.1f s", len(v.user), len(v.item),
                 time.perf_counter() - start)
     dataset = Dataset(v.dataset_url)
@@ -75,21 +121,32 @@ def export_run(run_url: str, out: str, top_k: int = 100, checkpoint: str = "best
     num_users, num_items = len(users_np), len(items_np)
 
     with ArtifactWriter(out, kind="export", overwrite=overwrite) as writer:
-        for lo, hi in chunk_ranges(num_users, ROWS_PER_FILE):
-            writer.write_table(f"users/part-{lo:012d}.parquet", embedding_table("user_id", user_ids[lo:hi], users_np[lo:hi]))
-        for lo, hi in chunk_ranges(num_items, ROWS_PER_FILE):
-            writer.write_table(f"items/part-{lo:012d}.parquet", embedding_table(
-                "item_id", item_ids[lo:hi], items_np[lo:hi], cold=v.cold[lo:hi]))
-        k = min(top_k, num_items)
-        for lo, hi in tqdm(list(chunk_ranges(num_users, user_block)), desc="recommendations",
-                           unit="block", mininterval=2):
-            writer.write_table(f"recommendations/part-{lo:012d}.parquet", recommendation_table(
-                v.user, v.item, np.arange(lo, hi), v.train, k, user_ids, item_ids))
-        manifest = writer.commit({"run": run.url, "model": run.config.model.name, "checkpoint": v.checkpoint,
-                                  "dataset": v.dataset_url, "num_users": num_users, "num_items": num_items,
-                                  "dim": int(users_np.shape[1]), "top_k": k})
+        write_embeddings(writer, user_ids, item_ids, users_np, items_np, v.cold)
+        ranking = write_recommendations(writer, v.user, v.item, v.train, user_ids, item_ids, top_k,
+                                        user_block=user_block, engine=engine, ann_above=ann_above,
+                                        target_recall=target_recall, recall_users=recall_users)
+        meta = {"run": run.url, "model": run.config.model.name, "checkpoint": v.checkpoint,
+                "dataset": v.dataset_url, "num_users": num_users, "num_items": num_items,
+                "dim": int(users_np.shape[1]), "top_k": min(top_k, num_items), "ranking": ranking}
+        if "ann_recall@20" in ranking:
+            meta["ann_recall@20"] = ranking["ann_recall@20"]
+        manifest = writer.commit(meta)
     logger.info("exported %s to %s in %.1f s", run.url, out, time.perf_counter() - start)
     return manifest
+
+
+def run_embeddings(run, checkpoint: str = "best") -> "RunVectors":
+    """User and item embeddings of a run (the one place that asks a model for them).
+
+    A single-process run is re-inferred from its ``checkpoint``; a distributed run is read from
+    the final embeddings its workers wrote (``<run>/embeddings``), so no process needs the graph.
+    """
+    if run.artifact.get("distributed"):
+        if checkpoint != "best":
+            raise ValueError(f"{run.url} is a distributed run: only its evaluated epoch's embeddings "
+                             f"(<run>/embeddings) can be exported, not checkpoint {checkpoint!r}")
+        return _distributed_vectors(run)
+    return _single_process_vectors(run, checkpoint)
 
 
 @dataclass
@@ -103,11 +160,11 @@ class RunVectors:
 
 
 def _single_process_vectors(run, checkpoint: str) -> RunVectors:
+    from recgoat_dist.train.engine import infer_embeddings
     from recgoat_dist.train.inputs import load_inputs
-    from recgoat_dist.train.single import FullGraph
 
     inputs = load_inputs(run.config)
-    user, item = FullGraph(run.load_model(checkpoint), inputs).embeddings()
+    user, item = infer_embeddings(run.load_model(checkpoint), inputs, run.config.model.dim)
     return RunVectors(user, item, inputs.cold_items, inputs.train, inputs.dataset_url, checkpoint)
 
 

@@ -78,15 +78,39 @@ def _knn_edges(out: ArtifactWriter, etype: str, features: np.ndarray, k: int, kn
     return len(src), nb.engine, details
 
 
+def _knn_edges_streamed(out: ArtifactWriter, etype: str, ds: Dataset, kind: str, name: str, k: int,
+                        stream_args: dict):
+    """The FAISS engine on features read block by block, edges written part by part as found."""
+    from recgoat_dist.graph.knn_stream import stream_knn
+
+    registry = ds.modalities if kind == "item" else ds.user_modalities
+    n = ds.num_items if kind == "item" else ds.num_users
+    parts = [0]
+
+    def write(src, dst, weight):
+        parts[0] += _write_edges(out, etype, src, dst, weight, first_part=parts[0])
+
+    info = stream_knn(lambda: ds.iter_features(kind, name), n, registry[name]["dim"], k, write, **stream_args)
+    return info["edges"], "faiss", {**info, "engine": "faiss"}
+
+
+def _resolve_engine(engine: str, rows: int, approx_above: int) -> str:
+    return ("faiss" if rows > approx_above else "exact") if engine == "auto" else engine
+
+
 def build_graph(data_url: str, out_url: str, knn_k: int = 10, user_knn_k: int = 10, *,
                 modalities: list[str] | None = None, user_modality: str | None = None,
                 engine: str = "auto", approx_above: int = 200_000, target_recall: float = 0.95,
-                seed: int = 0, overwrite: bool = False) -> dict:
+                seed: int = 0, overwrite: bool = False, index_memory_gb: float = 0.0,
+                recall_sample: int = 2000) -> dict:
     """Build the graph artifact of the dataset at ``data_url`` under ``out_url``; returns the manifest.
 
     ``modalities``: item modalities to build ``knn_<m>`` for (default: all). ``user_knn_k=0`` skips
     the user-user graph. ``engine``: ``auto`` (exact up to ``approx_above`` rows, FAISS IVF
-    above), ``exact`` or ``faiss``.
+    above), ``exact`` or ``faiss``. The FAISS engine streams (:mod:`recgoat_dist.graph.knn_stream`):
+    features are read block by block and edges written as found; its recall@k against the exact
+    engine on ``recall_sample`` rows is recorded per edge type. ``index_memory_gb`` > 0 switches
+    the index to PQ codes when full vectors would not fit in it.
     """
     if engine not in ENGINES:
         raise DataError(f"unknown knn engine {engine!r}; choose from {', '.join(ENGINES)}")
@@ -105,6 +129,18 @@ def build_graph(data_url: str, out_url: str, knn_k: int = 10, user_knn_k: int = 
             raise DataError(f"{ds.url}: item modality name {name!r} cannot name an edge type")
     user_mod = _pick_user_modality(ds, user_modality) if user_knn_k > 0 else None
     knn_args = dict(engine=engine, approx_above=approx_above, target_recall=target_recall, seed=seed)
+    stream_args = dict(target_recall=target_recall, seed=seed, index_memory_gb=index_memory_gb,
+                       recall_sample=recall_sample)
+
+    def knn_edges(out, etype, kind, name, k):
+        rows = ds.num_items if kind == "item" else ds.num_users
+        chosen = _resolve_engine(engine, rows, approx_above)
+        logger.info("%s: %d rows, engine %s (%s)", etype, rows, chosen,
+                    f"auto, approx_above={approx_above}" if engine == "auto" else "requested")
+        if chosen == "faiss":
+            return _knn_edges_streamed(out, etype, ds, kind, name, k, stream_args)
+        feats = ds.item_features(name) if kind == "item" else ds.user_features(name)
+        return _knn_edges(out, etype, feats, k, {**knn_args, "engine": "exact"})
 
     num_edges: dict[str, int] = {}
     engines: dict[str, str] = {}
@@ -114,13 +150,11 @@ def build_graph(data_url: str, out_url: str, knn_k: int = 10, user_knn_k: int = 
         logger.info("rates: %d training interactions", num_edges["rates"])
         for name in modalities:
             etype = f"knn_{name}"
-            num_edges[etype], engines[etype], details[etype] = _knn_edges(
-                out, etype, ds.item_features(name), knn_k, knn_args)
+            num_edges[etype], engines[etype], details[etype] = knn_edges(out, etype, "item", name, knn_k)
             details[etype]["modality"] = name
             logger.info("%s: %d edges (%s)", etype, num_edges[etype], engines[etype])
         if user_mod is not None:
-            num_edges["uu"], engines["uu"], details["uu"] = _knn_edges(
-                out, "uu", ds.user_features(user_mod), user_knn_k, knn_args)
+            num_edges["uu"], engines["uu"], details["uu"] = knn_edges(out, "uu", "user", user_mod, user_knn_k)
             details["uu"]["modality"] = user_mod
             logger.info("uu: %d edges on user modality %r (%s)", num_edges["uu"], user_mod, engines["uu"])
         meta = {

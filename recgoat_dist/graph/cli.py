@@ -31,7 +31,8 @@ def _graph(args: argparse.Namespace) -> None:
         modalities=args.modality, user_modality=args.user_modality,
         engine=args.engine or cfg.graph.engine,
         approx_above=cfg.graph.approx_above if args.approx_above is None else args.approx_above,
-        target_recall=args.target_recall, seed=args.seed, overwrite=args.overwrite)
+        target_recall=args.target_recall, seed=args.seed, overwrite=args.overwrite,
+        index_memory_gb=cfg.graph.knn_index_memory_gb)
     keys = ("num_edges", "knn_k", "user_knn_k", "engine", "recall_vs_exact")
     print(json.dumps({"graph": out, **{k: manifest[k] for k in keys if k in manifest}}, indent=2))
 
@@ -46,8 +47,9 @@ def _partition(args: argparse.Namespace) -> None:
     method = args.method or cfg.graph.partition_method
     out = args.out or cfg.data.partitions or posixpath.join(
         "partitions", f"{posixpath.basename(graph.rstrip('/')) or 'graph'}-{method}-{args.parts}")
+    budget = cfg.graph.partition_memory_gb if args.memory_budget_gb is None else args.memory_budget_gb
     manifest = partition_graph_artifact(graph, out, args.parts, method, graph_name=args.graph_name,
-                                        seed=args.seed, overwrite=args.overwrite)
+                                        seed=args.seed, overwrite=args.overwrite, memory_budget_gb=budget)
     keys = ("num_parts", "method", "dgl_config", "edge_cut", "parts")
     print(json.dumps({"partitions": out, **{k: manifest[k] for k in keys}}, indent=2))
 
@@ -79,5 +81,7 @@ def register(subparsers) -> None:
     p.add_argument("--method", choices=["metis", "random"], help="default metis")
     p.add_argument("--out", help="partitions URL (default partitions/<graph>-<method>-<parts>)")
     p.add_argument("--graph-name", default="recgoat", help="DGL graph name (config <name>.json)")
+    p.add_argument("--memory-budget-gb", type=float,
+                   help="metis is refused when its estimated memory exceeds this (default 70%% of RAM)")
     _common(p)
     p.set_defaults(func=_partition)

@@ -81,19 +81,60 @@ def _part_stats(config_path: str, num_parts: int) -> tuple[list[dict], dict[str,
     return parts, cut
 
 
+METIS_BYTES_PER_EDGE = 230      # DGL's in-memory partition_graph, measured: 11.35 GB / 49M edges
+METIS_BASE_BYTES = 3 * 2 ** 28  # 0.75 GiB: the interpreter, torch and DGL before any graph
+
+
+def metis_memory_estimate(graph: GraphArtifact) -> int:
+    """Bytes DGL's in-memory ``partition_graph`` is expected to peak at for ``graph``.
+
+    ~230 bytes per directed edge of the heterograph (``rated_by`` doubles ``rates``), measured at
+    1M items and again at 200k (docs/scale.md: 2.58 GB measured, 2.67 GB estimated), plus the
+    node features twice (the heterograph and the part being gathered) and a fixed base.
+    """
+    from recgoat_dist.data.dataset import Dataset
+
+    edges = sum(graph.num_edges.values()) + graph.num_edges.get("rates", 0)
+    ds = Dataset(graph.dataset_url)
+    feature_bytes = 4 * (graph.num_items * sum(m["dim"] for m in ds.modalities.values())
+                         + graph.num_users * sum(m["dim"] for m in ds.user_modalities.values()))
+    return METIS_BASE_BYTES + METIS_BYTES_PER_EDGE * edges + 2 * feature_bytes
+
+
+def memory_budget(budget_gb: float) -> int:
+    """``budget_gb`` in bytes; 0 means 70% of this machine's physical memory."""
+    if budget_gb > 0:
+        return int(budget_gb * 2 ** 30)
+    return int(0.7 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def check_metis_fits(graph: GraphArtifact, budget_gb: float) -> int:
+    """Refuse METIS (before it is killed by the OOM killer) when its estimate exceeds the budget."""
+    need, budget = metis_memory_estimate(graph), memory_budget(budget_gb)
+    if need > budget:
+        raise DataError(
+            f"{graph.url}: METIS partitioning needs about {need / 2 ** 30:.1f} GiB "
+            f"({METIS_BYTES_PER_EDGE} bytes per edge x {sum(graph.num_edges.values()) + graph.num_edges.get('rates', 0)} "
+            f"edges, plus features), over the budget of {budget / 2 ** 30:.1f} GiB "
+            "(graph.partition_memory_gb); use --method random (streams part by part) or partition "
+            "on a larger machine (docs/scale.md)")
+    return need
+
+
 def partition_graph_artifact(graph_url: str, out_url: str, num_parts: int, method: str = "metis", *,
                              graph_name: str = GRAPH_NAME, num_hops: int = 1, seed: int = 0,
-                             overwrite: bool = False, tmp_dir: str | None = None) -> dict:
+                             overwrite: bool = False, tmp_dir: str | None = None,
+                             memory_budget_gb: float = 0.0, assignment: np.ndarray | None = None) -> dict:
     """Partition the graph artifact at ``graph_url`` into ``num_parts`` parts; returns the manifest.
 
-    ``method``: ``metis`` (vertex weights balance node types and in-degrees, i.e. edges including
-    the training edges ``rates``/``rated_by``) or ``random``. DGL renumbers nodes; the mapping it
-    returns is stored as ``id_map/<ntype>.npy`` (new per-type id -> original contiguous id).
+    ``method``: ``metis`` (DGL's in-memory ``partition_graph``; vertex weights balance node types
+    and in-degrees, i.e. edges including the training edges ``rates``/``rated_by``; refused when
+    its estimated memory exceeds ``memory_budget_gb``, 0 = 70% of RAM) or ``random`` (the
+    streaming partitioner of :mod:`recgoat_dist.graph.random_partition`, same format, bounded
+    memory). DGL renumbers nodes; the mapping is stored as ``id_map/<ntype>.npy`` (new per-type
+    id -> original contiguous id). ``assignment`` (``random`` only): a part id per homogeneous
+    node id (items then users) instead of the seeded draw.
     """
-    import dgl
-
-    from recgoat_dist.graph.hetero import build_heterograph
-
     if method not in METHODS:
         raise DataError(f"unknown partition method {method!r}; choose from {', '.join(METHODS)}")
     if num_parts < 1:
@@ -102,29 +143,14 @@ def partition_graph_artifact(graph_url: str, out_url: str, num_parts: int, metho
     start = time.perf_counter()
     with ArtifactWriter(out_url, kind="partitions", overwrite=overwrite) as out, \
             tempfile.TemporaryDirectory(prefix="recgoat-partition-", dir=tmp_dir) as local:
-        g = build_heterograph(graph_url)
-        num_nodes = {nt: int(g.num_nodes(nt)) for nt in g.ntypes}
-        num_edges = {et: int(g.num_edges(et)) for et in g.etypes}
-        if num_parts > 1 and min(num_nodes.values()) < num_parts:
-            raise DataError(f"{graph_url}: {num_nodes} nodes cannot fill {num_parts} parts")
-        t_build = time.perf_counter() - start
-        dgl.seed(seed)
-        log = io.StringIO()
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(log):      # DGL reports progress with print()
-            orig_nids, _ = dgl.distributed.partition_graph(
-                g, graph_name, num_parts, local, num_hops=num_hops, part_method=method,
-                balance_edges=True, return_mapping=True)
-        t_partition = time.perf_counter() - t0
-        logger.debug("dgl partition_graph output:\n%s", log.getvalue())
-        id_maps = {nt: orig_nids[nt].numpy().astype(np.int64) for nt in g.ntypes}
-        del g, orig_nids
-        config_rel = f"{graph_name}.json"
-        parts, cut = _part_stats(os.path.join(local, config_rel), num_parts)
-        for root, _, files in os.walk(local):
-            for name in sorted(files):
-                path = os.path.join(root, name)
-                out.put_file(path, os.path.relpath(path, local).replace(os.sep, "/"))
+        if method == "random":
+            if num_hops != 1:
+                raise DataError(f"the streaming random partitioner writes 1-hop halos, got num_hops={num_hops}")
+            meta, id_maps = _stream_random(graph, out, local, num_parts, graph_name, seed, assignment)
+            estimate = None
+        else:
+            estimate = check_metis_fits(graph, memory_budget_gb)
+            meta, id_maps = _dgl_in_memory(graph, out, local, num_parts, method, graph_name, num_hops, seed)
         for nt, ids in id_maps.items():
             buf = io.BytesIO()
             np.save(buf, ids)
@@ -136,19 +162,89 @@ def partition_graph_artifact(graph_url: str, out_url: str, num_parts: int, metho
             "num_parts": int(num_parts),
             "method": method,
             "num_hops": int(num_hops),
-            "dgl_config": config_rel,
-            "num_nodes": num_nodes,
-            "num_edges": num_edges,
-            "parts": parts,
-            "edge_cut": int(sum(cut.values())),
-            "edge_cut_by_etype": cut,
+            "dgl_config": f"{graph_name}.json",
+            **meta,
+            "edge_cut": int(sum(meta["edge_cut_by_etype"].values())),
             "id_map": {nt: f"id_map/{nt}.npy" for nt in id_maps},
-            "seconds": {"heterograph": round(t_build, 2), "partition": round(t_partition, 2),
-                        "total": round(time.perf_counter() - start, 2)},
         }
-        logger.info("partitioned %s into %d parts (%s): edge cut %d of %d edges", graph.url,
-                    num_parts, method, meta["edge_cut"], sum(num_edges.values()))
+        if estimate is not None:
+            meta["metis_memory_estimate_bytes"] = int(estimate)
+        meta["seconds"]["total"] = round(time.perf_counter() - start, 2)
+        logger.info("partitioned %s into %d parts (%s): edge cut %d of %d edges in %.1f s", graph.url,
+                    num_parts, method, meta["edge_cut"], sum(meta["num_edges"].values()),
+                    meta["seconds"]["total"])
         return out.commit(meta)
+
+
+def _upload_tree(out: ArtifactWriter, local: str, sub: str = "") -> None:
+    """Upload every file under ``local/sub`` (relative names kept), then delete them locally."""
+    top = os.path.join(local, sub)
+    for root, dirs, files in os.walk(top):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            out.put_file(path, os.path.relpath(path, local).replace(os.sep, "/"))
+            os.remove(path)
+
+
+def _stream_random(graph: GraphArtifact, out: ArtifactWriter, local: str, num_parts: int,
+                   graph_name: str, seed: int, assignment):
+    from recgoat_dist.data.dataset import Dataset
+    from recgoat_dist.graph.random_partition import stream_random_partition
+
+    ds = Dataset(graph.dataset_url)
+    if (ds.num_users, ds.num_items) != (graph.num_users, graph.num_items):
+        raise DataError(f"{graph.url}: built for {graph.num_users} users / {graph.num_items} items "
+                        f"but its dataset {ds.url} now has {ds.num_users} / {ds.num_items}")
+
+    def node_features(ntype: str, ids: np.ndarray):
+        """Rows ``ids`` (sorted) of every modality of ``ntype``, read block by block."""
+        registry = ds.modalities if ntype == "item" else ds.user_modalities
+        for name in sorted(registry):
+            rows, start = [], 0
+            for block in ds.iter_features(ntype, name):
+                lo, hi = np.searchsorted(ids, [start, start + len(block)])
+                rows.append(block[ids[lo:hi] - start])
+                start += len(block)
+            yield name, (np.concatenate(rows) if rows else np.zeros((0, registry[name]["dim"]), np.float32))
+
+    result = stream_random_partition(graph, local, num_parts, graph_name, seed, node_features,
+                                     upload_part=lambda rel: _upload_tree(out, local, rel), assignment=assignment)
+    _upload_tree(out, local)                     # the DGL config, written after the parts
+    meta = {"num_nodes": result["num_nodes"], "num_edges": result["num_edges"], "parts": result["parts"],
+            "edge_cut_by_etype": result["cut"], "seconds": result["seconds"], "streaming": True}
+    return meta, result["id_maps"]
+
+
+def _dgl_in_memory(graph: GraphArtifact, out: ArtifactWriter, local: str, num_parts: int, method: str,
+                   graph_name: str, num_hops: int, seed: int):
+    import dgl
+
+    from recgoat_dist.graph.hetero import build_heterograph
+
+    t0 = time.perf_counter()
+    g = build_heterograph(graph.url)
+    num_nodes = {nt: int(g.num_nodes(nt)) for nt in g.ntypes}
+    num_edges = {et: int(g.num_edges(et)) for et in g.etypes}
+    if num_parts > 1 and min(num_nodes.values()) < num_parts:
+        raise DataError(f"{graph.url}: {num_nodes} nodes cannot fill {num_parts} parts")
+    t_build = time.perf_counter() - t0
+    dgl.seed(seed)
+    log = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(log):      # DGL reports progress with print()
+        orig_nids, _ = dgl.distributed.partition_graph(
+            g, graph_name, num_parts, local, num_hops=num_hops, part_method=method,
+            balance_edges=True, return_mapping=True)
+    t_partition = time.perf_counter() - t0
+    logger.debug("dgl partition_graph output:\n%s", log.getvalue())
+    id_maps = {nt: orig_nids[nt].numpy().astype(np.int64) for nt in g.ntypes}
+    del g, orig_nids
+    parts, cut = _part_stats(os.path.join(local, f"{graph_name}.json"), num_parts)
+    _upload_tree(out, local)
+    meta = {"num_nodes": num_nodes, "num_edges": num_edges, "parts": parts, "edge_cut_by_etype": cut,
+            "seconds": {"heterograph": round(t_build, 2), "partition": round(t_partition, 2)}}
+    return meta, id_maps
 
 
 def _local_dir(art: Artifact) -> str | None:

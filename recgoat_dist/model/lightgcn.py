@@ -14,7 +14,7 @@ scaled by ``deg / s`` so it estimates the full-neighbourhood sum; on the full gr
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import dgl
 import dgl.function as fn
@@ -61,25 +61,54 @@ class LightGCN(nn.Module):
     def __init__(self, num_users: int, num_items: int, dim: int = 64, n_layers: int = 3):
         super().__init__()
         self.n_layers = n_layers
+        # Sampled propagation touches a batch's rows only: their gradient is sparse (SparseAdam).
+        self.sparse_grad = False
         self.user = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_users, dim)))
         self.item = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_items, dim)))
 
     def ego(self, input_nodes: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.sparse_grad:
+            return {nt: nn.functional.embedding(input_nodes[nt], table, sparse=True)
+                    for nt, table in (("user", self.user), ("item", self.item))}
         return {"user": self.user[input_nodes["user"]], "item": self.item[input_nodes["item"]]}
 
-    def forward(self, blocks: Sequence[dgl.DGLGraph], input_nodes: Mapping[str, torch.Tensor]
+    def hop(self, block: dgl.DGLGraph, h: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One propagation on both relations of ``block``: layer ``k`` of its destination nodes
+        from layer ``k-1`` of its source nodes (``h[ntype]``: at least the block's source rows).
+        Training, layer-wise inference and export all go through this one step. A relation the
+        block lacks (DGL drops edge types into unseeded node types) contributes nothing."""
+        out = {}
+        for etype, (src, dst) in ID_ETYPES.items():
+            if etype in block.etypes:
+                out[dst] = propagate(block[etype], h[src][:block.num_src_nodes(src)])
+            else:
+                out[dst] = h[src].new_zeros(block.num_dst_nodes(dst), h[src].shape[1])
+        return out
+
+    def forward(self, blocks: Sequence[dgl.DGLGraph], input_nodes: Mapping[str, torch.Tensor],
+                history: Optional[Callable[[int, str, torch.Tensor], torch.Tensor]] = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``(final, ego)`` per node type for the output nodes of the last block."""
-        if len(blocks) < self.n_layers:
-            raise ValueError(f"LightGCN needs {self.n_layers} graphs/blocks, got {len(blocks)}")
-        blocks = blocks[len(blocks) - self.n_layers:] if self.n_layers else blocks[-1:]
+        """``(final, ego)`` per node type for the output nodes of the last block.
+
+        With fewer blocks than layers (sampled propagation), layer ``k`` beyond the blocks is one
+        propagation over the last block of ``history(k - 1, ntype, node_ids)``: the historical
+        (detached) layer ``k-1`` representations of its source nodes, from the last layer-wise
+        inference. Gradients then reach the ego rows through the exact (sampled) layers only.
+        """
+        exact = min(self.n_layers, len(blocks))
+        if exact < self.n_layers and history is None:
+            raise ValueError(f"LightGCN needs {self.n_layers} graphs/blocks or a history, got {len(blocks)}")
         n_out = {nt: blocks[-1].num_dst_nodes(nt) for nt in ("user", "item")}
         h = self.ego(input_nodes)
         ego = {nt: h[nt][:n_out[nt]] for nt in h}
         total = dict(ego)
-        for block in blocks[:self.n_layers]:
-            h = {dst: propagate(block[etype], h[src][:block.num_src_nodes(src)])
-                 for etype, (src, dst) in ID_ETYPES.items()}
+        for block in blocks[len(blocks) - exact:] if exact else []:
+            h = self.hop(block, h)
+            total = {nt: total[nt] + h[nt][:n_out[nt]] for nt in total}
+        last = blocks[-1]
+        for k in range(exact + 1, self.n_layers + 1):
+            previous = {nt: history(k - 1, nt, last.srcnodes[nt].data[dgl.NID]) for nt in ("user", "item")}
+            h = self.hop(last, previous)
             total = {nt: total[nt] + h[nt][:n_out[nt]] for nt in total}
         return {nt: total[nt] / (self.n_layers + 1) for nt in total}, ego
 

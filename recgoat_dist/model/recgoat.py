@@ -119,15 +119,24 @@ class RecGOAT(nn.Module):
 
     def forward(self, blocks: Sequence[dgl.DGLGraph], input_nodes: Mapping[str, torch.Tensor],
                 item_feats: Mapping[str, torch.Tensor] | None = None,
-                user_feats: Optional[torch.Tensor] = None) -> Representations:
-        """``item_feats[m]`` / ``user_feats``: content features of the input items / users."""
-        final, ego = self.id(blocks, input_nodes)
+                user_feats: Optional[torch.Tensor] = None, history=None) -> Representations:
+        """``item_feats[m]`` / ``user_feats``: content features of the input items / users.
+
+        ``history(layer, ntype, ids)``: historical LightGCN layers for the layers beyond the blocks
+        (sampled propagation; see :meth:`LightGCN.forward`)."""
+        final, ego = self.id(blocks, input_nodes, history)
         reps = Representations(final["user"], final["item"], ego["user"], ego["item"])
         for m, stream in self.item_streams.items():
             reps.item_modal[m] = stream(blocks, item_feats[m])
         if self.user_stream is not None:
             reps.user_lm = self.user_stream(blocks, user_feats)
         return reps
+
+    def inference(self, tables, nodes, neighbours, ego, features, sync=None, batch_size: int = 4096) -> None:
+        """Layer-wise full inference of every stream into ``tables`` (one hop at a time); see
+        :func:`recgoat_dist.model.inference.layerwise_inference` for the arguments."""
+        from recgoat_dist.model.inference import layerwise_inference
+        layerwise_inference(self, tables, nodes, neighbours, ego, features, sync, batch_size)
 
     # ---- representations that are scored ------------------------------------------------------
     def landmarks(self, reps: Representations) -> Optional[torch.Tensor]:
@@ -152,17 +161,24 @@ class RecGOAT(nn.Module):
 
     @torch.no_grad()
     def refresh_landmarks(self, reps: Representations) -> None:
-        """(Re-)pick landmark items and users by k-means++ seeding on their ID representations."""
+        """(Re-)pick landmark items and users by k-means++ seeding on their ID representations.
+
+        k-means++ costs O(N L d) with L sequential passes over N: above ``LANDMARK_POOL`` rows it
+        seeds on a uniform sample of that many, so an epoch's refresh does not grow with the catalog.
+        """
         from recgoat_dist.ot import select_landmarks
         if self.oat is not None:
             # Landmarks are transport targets: a cold item's ID vector is untrained noise.
             pool = torch.arange(len(reps.item_id), device=reps.item_id.device)
             if reps.item_cold is not None and not bool(reps.item_cold.all()):
                 pool = pool[~reps.item_cold]
+            pool = _pool_sample(pool)
             chosen = select_landmarks(reps.item_id[pool], self.num_landmarks)
             self.landmark_idx = pool[chosen].to(self.landmark_idx.device)
         if self.user_oat is not None:
-            self.user_landmark_idx = select_landmarks(reps.user_id, self.num_landmarks).to(self.landmark_idx.device)
+            pool = _pool_sample(torch.arange(len(reps.user_id), device=reps.user_id.device))
+            self.user_landmark_idx = pool[select_landmarks(reps.user_id[pool], self.num_landmarks)].to(
+                self.landmark_idx.device)
 
     def _resize_landmark_buffers(self, state_dict, prefix, *args) -> None:
         # Landmark buffers take their size from the data (at most num_landmarks, at most the
@@ -288,6 +304,15 @@ class RecGOAT(nn.Module):
             users = users[_subsample(len(users), self.cmcl_batch)]
             loss = loss + cmcl_loss([reps.user_id[users], reps.user_lm[users]], temperature=self.temperature)
         return loss
+
+
+LANDMARK_POOL = 65536       # landmarks are seeded on at most this many candidate rows
+
+
+def _pool_sample(pool: torch.Tensor) -> torch.Tensor:
+    if len(pool) <= LANDMARK_POOL:
+        return pool
+    return pool[torch.randperm(len(pool), device=pool.device)[:LANDMARK_POOL]]
 
 
 def _subsample(n: int, size: int) -> torch.Tensor | slice:

@@ -36,6 +36,8 @@ class FeatureStream(nn.Module):
         n_out = blocks[-1].num_dst_nodes(self.ntype)
         if not self.gats:
             return self.project(x[:n_out])
+        if len(blocks) < len(self.gats):
+            raise ValueError(f"{len(self.gats)} GAT layers need as many graphs/blocks, got {len(blocks)}")
         used = blocks[len(blocks) - len(self.gats):]
         h = self.project(x[:used[0].num_src_nodes(self.ntype)])
         for layer, block in enumerate(used):
@@ -44,6 +46,6 @@ class FeatureStream(nn.Module):
         return h[:n_out]
 
     def hop(self, layer: int, rel: dgl.DGLGraph, h_src: torch.Tensor, h_dst: torch.Tensor) -> torch.Tensor:
-        """GAT layer ``layer`` on one relation graph: residual plus concatenated heads. Also used by
-        the distributed layer-wise inference, one hop at a time."""
+        """GAT layer ``layer`` on one relation graph: residual plus concatenated heads. Training
+        and layer-wise inference (:mod:`recgoat_dist.model.inference`) share this one step."""
         return h_dst + self.gats[layer](rel, (h_src, h_dst)).flatten(1)

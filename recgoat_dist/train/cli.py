@@ -11,14 +11,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         overrides.append("train.resume=true")
     config = load_config(args.config, overrides)
-    if config.cluster.num_workers >= 1:
-        from recgoat_dist.train.distributed import run_distributed
-        run_distributed(config, args.out)
-        return 0
     from recgoat_dist.eval import print_metrics_table
-    from recgoat_dist.train.single import train_single
+    from recgoat_dist.pipeline import train
 
-    metrics = train_single(config, args.out, overwrite=args.overwrite)
+    metrics = train(config, args.out, overwrite=args.overwrite)
     print(print_metrics_table(metrics))
     return 0
 
@@ -29,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=5 (repeatable)")
     p.add_argument("--out", required=True, help="run URL (local path, file://, s3://)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoints/last.pt")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an unfinished run at --out (its last checkpoint; Ray Train's when distributed)")
     p.add_argument("--overwrite", action="store_true", help="replace a published run at --out")
     p.set_defaults(func=_train)

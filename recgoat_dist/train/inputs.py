@@ -7,7 +7,7 @@ Validation and test interactions are read only into :class:`UserItems` used by e
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -33,6 +33,7 @@ class TrainingInputs:
     user_feats: Optional[torch.Tensor]     # (num_users, F) standardised, or None
     dataset_url: str
     graph_url: str
+    graph_meta: dict = field(default_factory=dict)     # the graph manifest (knn_k, user_knn_k, ...)
 
     @property
     def item_feature_dims(self) -> dict[str, int]:
@@ -73,10 +74,11 @@ def load_inputs(config: Config, graph=None) -> TrainingInputs:
         raise ConfigError("config key data.graph: a graph URL is required (build one with `recgoat graph`)")
     if graph is None:
         graph = load_graph(config.data.graph)
-    dataset_url = config.data.dataset
-    if not dataset_url:
+    dataset_url, graph_meta = config.data.dataset, {}
+    if config.data.graph:
         from recgoat_dist.graph import GraphArtifact
-        dataset_url = GraphArtifact(config.data.graph).dataset_url
+        artifact = GraphArtifact(config.data.graph)
+        dataset_url, graph_meta = dataset_url or artifact.dataset_url, dict(artifact.manifest)
     ds = Dataset(dataset_url)
     num_users, num_items = graph.num_nodes("user"), graph.num_nodes("item")
     if (ds.num_users, ds.num_items) != (num_users, num_items):
@@ -105,7 +107,7 @@ def load_inputs(config: Config, graph=None) -> TrainingInputs:
     logger.info("training on %d interactions (%d users, %d items, %d cold); item modalities %s; user LM %s",
                 len(src), num_users, num_items, int(cold.sum()), list(feats) or "none", user_modality or "none")
     return TrainingInputs(graph, num_users, num_items, train, heldout["valid"], heldout["test"], cold, feats,
-                          user_feats, ds.url, config.data.graph or "")
+                          user_feats, ds.url, config.data.graph or "", graph_meta)
 
 
 def _check_no_leak(train: UserItems, splits: dict, source: str) -> None:

@@ -12,6 +12,7 @@ Layout under the run URL (manifest last, :class:`~recgoat_dist.storage.ArtifactW
 from __future__ import annotations
 
 import json
+from typing import Optional
 
 import yaml
 
@@ -20,23 +21,26 @@ from recgoat_dist.storage import Artifact, ArtifactWriter, join, read_bytes
 from recgoat_dist.train import checkpoint as ckpt
 
 
-def publish_run(out: str, config: Config, metrics: dict, history: list) -> dict:
-    """Write the final files next to the working checkpoints, then the manifest."""
+def publish_run(out: str, config: Config, metrics: dict, history: list, files: Optional[dict] = None,
+                manifest: Optional[dict] = None) -> dict:
+    """Write the run's files (``files``: extra ``{relative path: bytes}``, e.g. checkpoints), then
+    the manifest. Both engines publish through here."""
     from recgoat_dist.train.report import plot_history
 
-    best = read_bytes(join(out, "checkpoints", "best.pt"))
-    last = read_bytes(join(out, "checkpoints", "last.pt"))
+    title = f"{metrics['model']} (seed {config.train.seed})"
+    if metrics.get("num_workers"):
+        title = f"{metrics['model']} on {metrics['num_workers']} workers (seed {config.train.seed})"
     with ArtifactWriter(out, kind="run") as writer:
         writer.write_bytes("config.yaml", config.to_yaml().encode())
         writer.write_json("metrics.json", metrics)
         writer.write_json("history.json", history)
-        writer.write_bytes("report.png", plot_history(history, metrics["best_epoch"],
-                                                      f"{metrics['model']} (seed {config.train.seed})"))
-        writer.write_bytes("checkpoints/best.pt", best)
-        writer.write_bytes("checkpoints/last.pt", last)
-        summary = {k: metrics[k] for k in ("best_epoch", "epochs_run", "seconds_per_epoch")}
-        summary["test"] = {k: v for k, v in metrics["test"].items() if k in ("recall@20", "ndcg@20")}
-        return writer.commit({"model": metrics["model"], "metrics": summary})
+        writer.write_bytes("report.png", plot_history(history, metrics["best_epoch"], title))
+        for name, data in (files or {}).items():
+            writer.write_bytes(name, data)
+        summary = {k: metrics.get(k) for k in ("best_epoch", "epochs_run", "seconds_per_epoch", "num_workers",
+                                               "restarts", "propagation")}
+        summary["test"] = {k: v for k, v in (metrics.get("test") or {}).items() if k in ("recall@20", "ndcg@20")}
+        return writer.commit({"model": metrics["model"], "metrics": summary, **(manifest or {})})
 
 
 class Run:

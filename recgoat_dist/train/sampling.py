@@ -15,9 +15,12 @@ def negative_candidates(train: UserItems, mode: str = "train_items") -> np.ndarr
     return np.unique(train.indices)
 
 
-def sample_negatives(users: np.ndarray, train: UserItems, candidates: np.ndarray,
+def sample_negatives(users: np.ndarray, train, candidates: np.ndarray,
                      rng: np.random.Generator, max_rounds: int = 1000) -> np.ndarray:
-    """One item per user, uniform over ``candidates`` minus the user's training items (rejection)."""
+    """One item per user, uniform over ``candidates`` minus the user's training items (rejection).
+
+    ``train``: anything with ``contains(users, items)`` (:class:`UserItems`, or the distributed
+    engine's per-batch adjacency)."""
     neg = candidates[rng.integers(0, len(candidates), len(users))]
     bad = train.contains(users, neg)
     for _ in range(max_rounds):
@@ -44,3 +47,55 @@ def bpr_batches(train: UserItems, candidates: np.ndarray, batch_size: int,
 
 def num_batches(train: UserItems, batch_size: int) -> int:
     return -(-len(train.indices) // batch_size)
+
+
+def sampled_hops(fanouts: list[int], gat_layers: int) -> int:
+    """How many neighbour hops a ``sampled`` step draws: ``len(train.fanouts)``, and at least as
+    many as the GAT layers (each GAT layer needs one hop of its similarity graph)."""
+    return max(len(fanouts), gat_layers, 1)
+
+
+def block_fanouts(etypes, fanouts: list[int], hops: int, knn_fanout: int, user_knn_fanout: int) -> list[dict]:
+    """Per-hop ``{canonical etype: fanout}`` for DGL's ``NeighborSampler`` (outermost hop first).
+
+    ``rates``/``rated_by`` take ``train.fanouts`` (the last value repeats for extra hops); the
+    KNN item graphs take the graph's ``knn_k`` and the user-user graph its ``user_knn_k``: a KNN
+    graph is symmetrised, so hubs have more than k in-edges, and k bounds what a seed pulls in.
+    """
+    per_hop = (list(fanouts) + list(fanouts[-1:]) * hops)[:hops]
+    out = []
+    for f in reversed(per_hop):            # NeighborSampler lists the hop nearest the seeds last
+        hop = {}
+        for canonical in etypes:
+            name = canonical[1]
+            hop[canonical] = f if name in ("rates", "rated_by") else (
+                user_knn_fanout if name == "uu" else knn_fanout)
+        out.append(hop)
+    return out
+
+
+class SeedBatch:
+    """The seeds of one BPR batch: its users and items (and the OAT landmarks), deduplicated, with
+    each triple's positions among them (the order DGL keeps for a block's output nodes)."""
+
+    def __init__(self, users, pos, neg, landmark_items=None, landmark_users=None):
+        import torch
+
+        as_t = (lambda a: torch.as_tensor(np.asarray(a), dtype=torch.int64))
+        items = [as_t(pos), as_t(neg)] + ([landmark_items.cpu()] if landmark_items is not None else [])
+        people = [as_t(users)] + ([landmark_users.cpu()] if landmark_users is not None else [])
+        self.items, item_pos = torch.unique(torch.cat(items), return_inverse=True)
+        self.users, user_pos = torch.unique(torch.cat(people), return_inverse=True)
+        b = len(users)
+        self.user_pos, self.pos_pos, self.neg_pos = user_pos[:b], item_pos[:b], item_pos[b:2 * b]
+        self.landmark_pos = item_pos[2 * b:] if landmark_items is not None else None
+        self.user_landmark_pos = user_pos[b:] if landmark_users is not None else None
+        self.num_edges = b
+
+    @property
+    def seeds(self) -> dict:
+        return {"user": self.users, "item": self.items}
+
+    @property
+    def num_seeds(self) -> int:
+        return len(self.users) + len(self.items)

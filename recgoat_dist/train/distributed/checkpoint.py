@@ -3,10 +3,11 @@
 One checkpoint directory per epoch, written by all ranks together (Ray Train merges the files the
 ranks report under the same ``checkpoint_dir_name``):
 
-* ``dense.pt`` (rank 0): dense model and optimiser state, epoch, training history;
+* ``dense.pt`` (rank 0): dense model and optimiser state, epoch, the loop's progress (history,
+  early-stopping state);
 * ``rank<r>.pt`` (every rank): the rows of the user/item ``DistEmbedding`` tables that partition
   ``r`` owns, the sparse optimiser's state for those rows (DGL's ``local_state_dict``), and the
-  rank's RNG states.
+  rank's RNG states. Everything is read back with ``weights_only=True``.
 * ``summary.json`` (rank 0, last epoch only): what the driver publishes (history, final
   metrics, per-worker records, embedding files). It travels in the checkpoint rather than in the
   reported metrics, because Ray logs every reported metrics dict on every worker.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import tempfile
 from typing import Any, Optional
 
@@ -33,31 +33,23 @@ def _rank_file(rank: int) -> str:
     return f"rank{rank}.pt"
 
 
-def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+def save(directory: str, rank: int, partition_nodes: dict, tables, model, dense_optimizer, progress,
+         rng: np.random.Generator) -> None:
+    """Write this rank's share of the checkpoint into ``directory`` (a local temp dir).
 
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def save(directory: str, rank: int, partition_nodes: dict, tables, dense, dense_optimizer,
-         epoch: int, history: list) -> None:
-    """Write this rank's share of the checkpoint into ``directory`` (a local temp dir)."""
+    Plain containers and tensors only, so :func:`load` reads them with ``weights_only=True``."""
     shard = {
-        "epoch": epoch,
+        "epoch": progress.next_epoch - 1,
         "tables": {nt: {"ids": ids, "rows": tables.tables[nt].weight[ids]}
                    for nt, ids in partition_nodes.items()},
         "sparse_optimizer": tables.optimizer.local_state_dict(),
-        "rng": rng_state(),
+        "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
     }
     torch.save(shard, os.path.join(directory, _rank_file(rank)))
     if rank == 0:
-        torch.save({"epoch": epoch, "model": dense.state_dict(),
-                    "optimizer": dense_optimizer.state_dict(), "history": history},
-                   os.path.join(directory, DENSE))
+        torch.save({"epoch": progress.next_epoch - 1, "model": model.state_dict(),
+                    "optimizer": dense_optimizer.state_dict() if dense_optimizer is not None else {},
+                    "progress": progress.to_dict()}, os.path.join(directory, DENSE))
 
 
 def save_summary(directory: str, summary: dict) -> None:
@@ -79,18 +71,22 @@ def _plain(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def load(checkpoint, rank: int, tables, dense, dense_optimizer) -> tuple[int, list]:
-    """Restore from a Ray ``Checkpoint``; returns ``(next epoch, history)``. Collective."""
+def load(checkpoint, rank: int, tables, model, dense_optimizer, rng: np.random.Generator):
+    """Restore from a Ray ``Checkpoint``; returns the :class:`~recgoat_dist.train.loop.Progress`."""
+    from recgoat_dist.train.loop import Progress
+
     with _fetch(checkpoint, [DENSE, _rank_file(rank)]) as directory:
-        state = torch.load(os.path.join(directory, DENSE), weights_only=False)
-        shard = torch.load(os.path.join(directory, _rank_file(rank)), weights_only=False)
-    dense.load_state_dict(state["model"])
-    dense_optimizer.load_state_dict(state["optimizer"])
+        state = torch.load(os.path.join(directory, DENSE), weights_only=True)
+        shard = torch.load(os.path.join(directory, _rank_file(rank)), weights_only=True)
+    model.load_state_dict(state["model"])
+    if dense_optimizer is not None:
+        dense_optimizer.load_state_dict(state["optimizer"])
     for nt, saved in shard["tables"].items():
         tables.tables[nt].weight[saved["ids"]] = saved["rows"]
     tables.optimizer.load_local_state_dict(shard["sparse_optimizer"])
-    set_rng_state(shard["rng"])
-    return int(state["epoch"]) + 1, list(state["history"])
+    rng.bit_generator.state = shard["rng"]["numpy"]
+    torch.set_rng_state(shard["rng"]["torch"])
+    return Progress(**state["progress"])
 
 
 class _fetch:

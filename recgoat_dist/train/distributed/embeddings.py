@@ -1,7 +1,7 @@
 """Final embeddings of a distributed run, written by the workers: ``<run>/embeddings``.
 
 Each worker writes its own partition's users, with the vectors of the layer-wise full inference
-(``inference.final_vectors``); rank 0 also writes every item. No worker holds the graph: it pulls
+(``DistEngine.vectors``); rank 0 also writes every item. No worker holds the graph: it pulls
 the final vector tables (users x dim and items x dim) from the servers. Rows are keyed by *dataset* ids (DGL
 renumbers nodes when it partitions; the partitions' id maps undo that), so the artifact does not
 depend on the partitioning. The workers only write data files; the driver publishes the manifest
@@ -36,13 +36,13 @@ def embedding_rows(id_name: str, ids: np.ndarray, emb: torch.Tensor, **extra) ->
                      **{k: pa.array(v) for k, v in extra.items()}})
 
 
-def write_partition_embeddings(s, loop: dict, out: str, users: torch.Tensor, items: torch.Tensor) -> dict:
+def write_partition_embeddings(s, id_maps: str, out: str, users: torch.Tensor, items: torch.Tensor) -> dict:
     """Write this worker's rows under ``out``: ``users`` (its partition's) and, on rank 0,
     ``items`` (all), as ``inference.final_vectors`` returns them. Returns the files (no manifest)."""
     from recgoat_dist.graph import load_id_maps
 
     start = time.perf_counter()
-    to_dataset = load_id_maps(loop["id_maps"])
+    to_dataset = load_id_maps(id_maps)
     writer = ArtifactWriter(out, kind="embeddings")     # no commit here: the driver publishes
     user_ids = to_dataset["user"][s.own["user"].numpy()]
     for lo, hi in chunk_ranges(len(user_ids), ROWS_PER_FILE):

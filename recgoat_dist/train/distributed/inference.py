@@ -1,11 +1,9 @@
-"""Layer-wise full inference over the distributed graph, and the distributed ranking evaluation.
+"""Layer-wise inference and ranking evaluation over the distributed graph.
 
-Inference computes every node's representation with *all* its neighbours, one hop at a time: each
-worker computes hop ``k`` for its own partition's nodes from hop ``k-1`` of their neighbours
-(pulled from the servers), writes it to a ``DistTensor``, and waits for the others before the next
-hop. This is done for every stream of ``RecGOAT``: LightGCN on ``rates``/``rated_by`` (all layers
-kept, they are averaged), and each content stream's projection followed by its GAT layers on its
-similarity graph. No worker ever holds the graph; the largest things one holds are the final
+Inference is the model's own (:meth:`RecGOAT.inference`): here it gets the distributed callables.
+Each worker computes hop ``k`` for its own partition's nodes from hop ``k-1`` of their neighbours
+(pulled from the servers), writes it to the ``DistTensor`` layer tables, and waits for the others
+before the next hop. No worker ever holds the graph; the largest things one holds are the final
 vector tables pulled from the servers (users x dim and items x dim per stream) while it ranks its
 own users.
 
@@ -14,13 +12,14 @@ over evaluated users, so each worker evaluates its own users and the sums are al
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 
-from recgoat_dist.model import Representations, propagate
-from recgoat_dist.train.distributed.model import NTYPES, RATED_BY, RATES, NodeInputs, pull_all
-
-USER_STREAM = "__user"
+from recgoat_dist.model import USER_STREAM, LayerTables, full_representations
+from recgoat_dist.train.distributed.model import NTYPES, NodeInputs, in_edges, pull_all
+from recgoat_dist.train.steps import attach_degrees
 
 
 def own_nodes(graph, partition: int, ntype: str) -> torch.Tensor:
@@ -28,126 +27,67 @@ def own_nodes(graph, partition: int, ntype: str) -> torch.Tensor:
     return graph.get_partition_book().partid2nids(partition, ntype)
 
 
-def streams_of(model) -> dict:
-    out = dict(model.item_streams.items())
-    if model.user_stream is not None:
-        out[USER_STREAM] = model.user_stream
-    return out
-
-
-class InferenceStore:
-    """Persistent ``DistTensor``s for every hop of every stream, created once and reused."""
-
-    def __init__(self, graph, dim: int, model):
-        from dgl.distributed import DistTensor
-
-        def table(name, ntype):
-            return DistTensor((graph.num_nodes(ntype), dim), torch.float32, name=f"infer_{name}",
-                              part_policy=graph.get_node_partition_policy(ntype), persistent=True)
-        self.id = [{nt: table(f"id{k}_{nt}", nt) for nt in NTYPES} for k in range(model.id.n_layers + 1)]
-        self.streams = {key: [table(f"{key}{k}", s.ntype) for k in range(len(s.gats) + 1)]
-                        for key, s in streams_of(model).items()}
-
-
-def _batches(nodes: torch.Tensor, size: int):
-    for i in range(0, len(nodes), size):
-        yield nodes[i:i + size]
-
-
-def _sync(graph) -> None:
+def _sync(graph, group=None) -> None:
     import torch.distributed as dist
-    dist.barrier()
+    dist.barrier(group=group)
     graph.barrier()
 
 
 @torch.no_grad()
-def layerwise_inference(model, graph, own: dict, tables, inputs: NodeInputs, store: InferenceStore,
-                        batch_size: int = 4096) -> None:
+def layerwise_inference(model, graph, own: dict, tables, inputs: NodeInputs, layers: LayerTables,
+                        device: torch.device, batch_size: int = 4096) -> None:
     """Fill every hop of every stream for this partition's nodes (collective)."""
     import dgl
 
-    was_training = model.training
-    model.eval()
-    streams = streams_of(model)
-    for nt in NTYPES:
-        for b in _batches(own[nt], batch_size):
-            store.id[0][nt][b] = tables.tables[nt].weight[b]
-    for key, s in streams.items():
+    def neighbours(nt, ids):
+        block = dgl.to_block(in_edges(graph, {nt: ids}), {nt: ids})
+        attach_degrees([block], lambda s, i: inputs.degree[s][i])
+        return block.to(device)
+
+    def ego(nt, ids):
+        return tables.tables[nt].weight[ids].to(device)
+
+    def features(nt, key, ids):
         name = inputs.user_modality if key == USER_STREAM else key
-        for b in _batches(own[s.ntype], batch_size):
-            store.streams[key][0][b] = s.project(inputs.features(s.ntype, name, b))
-    depth = max([len(store.id) - 1] + [len(s.gats) for s in streams.values()])
-    for k in range(1, depth + 1):
-        _sync(graph)
-        for nt in NTYPES:
-            for b in _batches(own[nt], batch_size):
-                block = dgl.to_block(dgl.distributed.sample_neighbors(graph, {nt: b}, -1), {nt: b})
-                inputs.attach_degrees([block])
-                src_ids = {s: block.srcnodes[s].data[dgl.NID] for s in NTYPES}
-                if k < len(store.id):
-                    etype = RATED_BY if nt == "user" else RATES
-                    store.id[k][nt][b] = propagate(block[etype], store.id[k - 1][etype[0]][src_ids[etype[0]]])
-                for key, s in streams.items():
-                    if s.ntype == nt and k <= len(s.gats):
-                        h_src = store.streams[key][k - 1][src_ids[nt]]
-                        h_dst = h_src[:len(b)]
-                        store.streams[key][k][b] = s.hop(k - 1, block[s.etype], h_src, h_dst)
-    _sync(graph)
-    model.train(was_training)
+        return inputs.features(nt, name, ids).to(device)
+
+    class _ToServers:
+        """A DistTensor seen through the device: rows go to the device when read, to the CPU when written."""
+
+        def __init__(self, table):
+            self.table = table
+
+        def __getitem__(self, ids):
+            return self.table[ids.cpu()].to(device)
+
+        def __setitem__(self, ids, rows):
+            self.table[ids.cpu()] = rows.cpu()
+
+    view = LayerTables(id=[{nt: _ToServers(t) for nt, t in hop.items()} for hop in layers.id],
+                       streams={k: [_ToServers(t) for t in hops] for k, hops in layers.streams.items()})
+    model.inference(view, own, neighbours, ego, features, sync=lambda: _sync(graph), batch_size=batch_size)
 
 
 @torch.no_grad()
-def full_representations(graph, store: InferenceStore, with_streams: bool = True) -> Representations:
-    """Every node's full-graph representation per stream, pulled from the servers.
-
-    Users x dim and items x dim per stream: tables, not the graph.
-    """
-    def mean_id(nt):
-        return lambda b: sum(layer[nt][b] for layer in store.id) / len(store.id)
-
-    user_id, item_id = pull_all(graph, "user", mean_id("user")), pull_all(graph, "item", mean_id("item"))
-    reps = Representations(user_id, item_id, user_id, item_id)
-    if with_streams:
-        for key, tables in store.streams.items():
-            if key == USER_STREAM:
-                reps.user_lm = pull_all(graph, "user", lambda b, t=tables[-1]: t[b])
-            else:
-                reps.item_modal[key] = pull_all(graph, "item", lambda b, t=tables[-1]: t[b])
-    return reps
-
-
-@torch.no_grad()
-def final_vectors(model, graph, own: dict, store: InferenceStore, item_cold=None):
-    """``(this partition's users (U_p, d), all items (I, d))`` as ``RecGOAT.final_embeddings`` ranks them.
-
-    ``item_cold``: (num_items,) bool, the items without training interactions."""
-    reps = full_representations(graph, store)
-    reps.item_cold = item_cold
-    users, items = model.final_embeddings(reps)
-    return users[own["user"]], items
-
-
-@torch.no_grad()
-def refresh_landmarks(model, graph, store: InferenceStore, item_cold=None) -> dict:
+def pull_landmarks(model, graph, layers: LayerTables, item_cold=None, group=None) -> None:
     """Re-pick the OAT landmarks on rank 0 (k-means++ on full-graph ID representations, as the
-    single-process trainer does each epoch), share them, and return their (detached) ID rows."""
+    single-process engine does each epoch) and share them with every worker."""
     import torch.distributed as dist
 
-    reps = full_representations(graph, store, with_streams=False)
-    reps.item_cold = item_cold
     picked = [None]
     if dist.get_rank() == 0:
+        reps = full_representations(layers, lambda fn, nt: pull_all(graph, nt, fn), with_streams=False)
+        reps.item_cold = item_cold
         model.refresh_landmarks(reps)
-        picked = [(model.landmark_idx.clone(), model.user_landmark_idx.clone())]
-    dist.broadcast_object_list(picked, src=0)
-    model.landmark_idx, model.user_landmark_idx = picked[0]
-    return {"item": reps.item_id[model.landmark_idx] if model.oat is not None else None,
-            "user": reps.user_id[model.user_landmark_idx] if model.user_oat is not None else None}
+        picked = [(model.landmark_idx.cpu(), model.user_landmark_idx.cpu())]
+    dist.broadcast_object_list(picked, src=0, group=group)
+    device = model.landmark_idx.device
+    model.landmark_idx, model.user_landmark_idx = (t.to(device) for t in picked[0])
 
 
 @torch.no_grad()
 def evaluate_partition(user_vecs, item_vecs, train_pairs, heldout: dict, ks, user_block=1024,
-                       item_block=65536) -> dict:
+                       item_block=65536, group=None) -> dict:
     """MMRec metrics over this partition's users for each held-out split, combined by all-reduce.
 
     ``train_pairs`` and ``heldout[split]``: ``(local user row, item)`` arrays.
@@ -165,7 +105,7 @@ def evaluate_partition(user_vecs, item_vecs, train_pairs, heldout: dict, ks, use
         n = result.pop("num_users")
         keys = sorted(result)
         sums = torch.tensor([result[k] * n for k in keys] + [n], dtype=torch.float64)
-        dist.all_reduce(sums)
+        dist.all_reduce(sums, group=group)
         total = max(1.0, float(sums[-1]))
         out[split] = {**{k: float(v) / total for k, v in zip(keys, sums[:-1])}, "num_users": int(sums[-1])}
     return out
@@ -176,3 +116,29 @@ def local_rows(graph, users: torch.Tensor, pair_users: np.ndarray) -> np.ndarray
     local = np.full(graph.num_nodes("user"), -1, dtype=np.int64)
     local[users.numpy()] = np.arange(len(users))
     return local[pair_users]
+
+
+def load_eval_data(g, users: torch.Tensor, dataset: Optional[str], id_maps: Optional[str]) -> Optional[dict]:
+    """This partition's users' training items (from the graph) and held-out items (dataset),
+    as ``(local user row, item)`` pairs in the partitioned id space."""
+    import dgl
+
+    if not dataset or not id_maps:
+        return None
+    from recgoat_dist.data.dataset import Dataset
+    from recgoat_dist.graph import load_id_maps
+
+    frontier = in_edges(g, {"user": users})
+    items, train_users = frontier.edges(etype="rated_by")
+    out = {"train": (local_rows(g, users, train_users.numpy()), items.numpy())}
+    inverse = {}
+    for nt, new_to_orig in load_id_maps(id_maps).items():
+        inverse[nt] = np.empty(len(new_to_orig), dtype=np.int64)
+        inverse[nt][new_to_orig] = np.arange(len(new_to_orig))
+    ds = Dataset(dataset)
+    for split in ("valid", "test"):
+        pairs = ds.interactions(split)
+        rows = local_rows(g, users, inverse["user"][pairs["user_id"]])
+        keep = rows >= 0
+        out[split] = (rows[keep], inverse["item"][pairs["item_id"]][keep])
+    return out

@@ -19,7 +19,7 @@ import dgl
 import torch
 from torch import nn
 
-from recgoat_dist.model import DEGREE_KEY, LightGCN, build_model
+from recgoat_dist.model import LightGCN, build_model
 
 NTYPES = ("user", "item")
 RATES = ("user", "rates", "item")
@@ -71,7 +71,16 @@ class DistIdStream(LightGCN):
         self._tables = tables           # not a submodule: DDP must not see the tables
 
     def ego(self, input_nodes):
-        return self._tables.lookup(input_nodes)
+        # DistEmbedding looks rows up by CPU ids and returns CPU rows; the model may be on a GPU.
+        device = input_nodes["user"].device
+        rows = self._tables.lookup({nt: ids.cpu() for nt, ids in input_nodes.items()})
+        return {nt: r.to(device) for nt, r in rows.items()}
+
+
+def in_edges(graph, nodes: dict):
+    """Every in-edge of ``nodes`` (``{ntype: ids}``) through the servers, as a frontier graph.
+    The ``DistGraph`` method, not the module function: it knows whether the servers run GraphBolt."""
+    return graph.sample_neighbors(nodes, -1)
 
 
 def pull_all(graph, ntype: str, fn, block: int = 65536) -> torch.Tensor:
@@ -120,16 +129,6 @@ class NodeInputs:
         mean, std = self.stats[(ntype, name)]
         return (self.graph.nodes[ntype].data[name][nodes] - mean) / std
 
-    def batch_features(self, input_nodes: dict):
-        item = {m: self.features("item", m, input_nodes["item"]) for m in self.item_modalities}
-        user = self.features("user", self.user_modality, input_nodes["user"]) if self.user_modality else None
-        return item, user
-
-    def attach_degrees(self, blocks) -> None:
-        for block in blocks:
-            for nt in NTYPES:
-                block.srcnodes[nt].data[DEGREE_KEY] = self.degree[nt][block.srcnodes[nt].data[dgl.NID]]
-                block.dstnodes[nt].data[DEGREE_KEY] = self.degree[nt][block.dstnodes[nt].data[dgl.NID]]
 
 
 def training_degree(graph, nodes: torch.Tensor, ntype: str, etype, batch_size: int = 65536) -> torch.Tensor:
@@ -137,7 +136,7 @@ def training_degree(graph, nodes: torch.Tensor, ntype: str, etype, batch_size: i
     out = []
     for i in range(0, len(nodes), batch_size):
         batch = nodes[i:i + batch_size]
-        frontier = dgl.distributed.sample_neighbors(graph, {ntype: batch}, -1)
+        frontier = in_edges(graph, {ntype: batch})
         _, dst = frontier.edges(etype=etype)
         position = torch.full((graph.num_nodes(ntype),), -1, dtype=torch.long)
         position[batch] = torch.arange(len(batch))
@@ -146,53 +145,33 @@ def training_degree(graph, nodes: torch.Tensor, ntype: str, etype, batch_size: i
 
 
 def modalities_of(graph, model_config) -> tuple[list[str], Optional[str]]:
-    """Item modalities (those with features and a ``knn_`` graph) and the user LM modality."""
+    """Item modalities (those with features and a ``knn_`` graph) and the user LM modality, with
+    the single-process engine's rules (:func:`recgoat_dist.train.inputs.load_inputs`)."""
+    from recgoat_dist.config import ConfigError
+
     knn = {e[len("knn_"):] for e in graph.etypes if e.startswith("knn_")}
     item_feats = set(graph.nodes["item"].data.keys())
-    wanted = model_config["modalities"] if model_config.get("modalities") is not None else sorted(knn)
-    items = [m for m in wanted if m in knn and m in item_feats]
+    wanted = model_config.modalities if model_config.modalities is not None else sorted(knn)
+    for m in wanted:
+        if m not in knn or m not in item_feats:
+            raise ConfigError(f"config key model.modalities: {m!r} needs item features and a knn_{m} graph "
+                              f"(graph has knn for {sorted(knn) or 'none'})")
     user_names = sorted(k for k in graph.nodes["user"].data.keys() if not k.startswith("_"))
-    user = model_config.get("user_modality")
+    user = model_config.user_modality
+    if user is not None and user not in user_names:
+        raise ConfigError(f"config key model.user_modality: {user!r} is not a user modality of the dataset "
+                          f"({user_names or 'none'})")
     if user is None:
         user = "text" if "text" in user_names else (user_names[0] if len(user_names) == 1 else None)
     if "uu" not in graph.etypes:
         user = None
-    return items, user
+    return list(wanted), user
 
 
 def build_dist_model(model_config, graph, tables: SparseTables, item_modalities, user_modality):
-    """``RecGOAT`` (any variant) with the distributed ID stream."""
-    from recgoat_dist.config import config_from_dict
-
-    mc = config_from_dict({"model": model_config}).model
+    """``RecGOAT`` (any variant, from a typed ``ModelConfig``) with the distributed ID stream."""
     dims = {m: int(graph.nodes["item"].data[m].shape[1]) for m in item_modalities}
     user_dim = int(graph.nodes["user"].data[user_modality].shape[1]) if user_modality else None
-    model = build_model(mc, 1, 1, dims, user_dim)
-    model.id = DistIdStream(tables, mc.n_layers)
+    model = build_model(model_config, 1, 1, dims, user_dim)
+    model.id = DistIdStream(tables, model_config.n_layers)
     return model
-
-
-def batch_loss(model, blocks, input_nodes, pos_graph, neg_graph, inputs: NodeInputs, landmarks=None):
-    """``RecGOAT.loss`` on a mini-batch: positions of the batch's edges among the output nodes.
-
-    ``landmarks``: ``{"item": (L, d), "user": (L, d)}`` OAT targets. They are the landmark rows of
-    the last full-graph inference, detached and refreshed every epoch; the single-process trainer
-    instead takes them from the batch's own full-graph forward (with gradient).
-    """
-    inputs.attach_degrees(blocks)
-    item_feats, user_feats = inputs.batch_features(input_nodes)
-    reps = model(blocks, input_nodes, item_feats, user_feats)
-    users, pos = pos_graph.edges(etype=RATES)
-    neg_users, neg = neg_graph.edges(etype=RATES)
-    assert torch.equal(neg_users, users), "one negative per positive, in order"
-    raw = model.module if hasattr(model, "module") else model
-    landmarks = landmarks or {}
-    return raw.loss(reps, users, pos, neg, landmarks=landmarks.get("item"), user_landmarks=landmarks.get("user"))
-
-
-def edge_loader(graph, eids: torch.Tensor, fanouts: list[int], batch_size: int):
-    """``DistEdgeDataLoader`` over this partition's ``rates`` edges with one uniform negative."""
-    sampler = dgl.dataloading.NeighborSampler(list(fanouts))
-    return dgl.dataloading.DistEdgeDataLoader(
-        graph, {RATES: eids}, sampler, negative_sampler=dgl.dataloading.negative_sampler.Uniform(1),
-        batch_size=batch_size, shuffle=True, drop_last=False)

@@ -8,8 +8,9 @@ with it (a DGL server waits for an exact number of clients, so it cannot outlive
 Partition ``r`` lives on rank ``r``'s node, which is what DGL's sparse optimiser assumes (it sends
 partition ``p``'s gradients to torch rank ``p`` when there is one trainer per machine).
 
-When several ranks share a node, the one-host shim (:mod:`.shim`) is enabled in the servers and
-clients of that run; with one rank per node nothing is patched.
+The shim (:mod:`.shim`) is enabled in the servers and clients of every run: it names DGL's
+shared-memory segments after the run (so concurrent runs on one host cannot clobber each other) and
+pins each client's machine id to its rank (needed when several ranks share a node).
 """
 from __future__ import annotations
 
@@ -89,8 +90,11 @@ class GraphServer:
         return ip, _free_port(ip)
 
     def start(self, server_id: int, addresses: list, num_clients: int, partitions: str,
-              shim_token: Optional[str]) -> dict:
-        """Load the partition, publish it in shared memory, and start serving in a thread."""
+              shim_token: Optional[str], graphbolt: bool = False) -> dict:
+        """Load the partition, publish it in shared memory, and start serving in a thread.
+
+        ``graphbolt``: serve GraphBolt's ``FusedCSCSamplingGraph`` of the partition (converted once,
+        into a local copy of the partition when the artifact's own folder is not ours to write)."""
         os.environ.setdefault("DGLBACKEND", "pytorch")
         os.environ.update(DGL_DIST_MODE="distributed", DGL_ROLE="server")
         if shim_token:
@@ -99,16 +103,17 @@ class GraphServer:
         from dgl.distributed import rpc
 
         start = time.perf_counter()
-        self._shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
         part_config = local_part_config(partitions, server_id)
         ip_config = _write_ip_config([tuple(a) for a in addresses], self._workdir)
         import json
         with open(part_config) as fh:
             self._graph_name = json.load(fh)["graph_name"]
+        if graphbolt:
+            part_config = graphbolt_partition(part_config, server_id, self._workdir)
         rpc.reset()
         self._server = dgl.distributed.DistGraphServer(
             server_id, ip_config, 1, num_clients, part_config, disable_shared_mem=False,
-            graph_format=["csc", "coo"])
+            graph_format=["csc", "coo"], use_graphbolt=graphbolt)
         self._thread = threading.Thread(target=self._serve, name=f"dgl-server-{server_id}",
                                         daemon=True)
         self._thread.start()
@@ -125,20 +130,6 @@ class GraphServer:
     def status(self) -> dict:
         return {"done": self._done, "error": self._error, "pid": os.getpid(),
                 "peak_rss_mb": _peak_rss_mb()}
-
-    def release_shared_memory(self) -> list[str]:
-        """Unlink the DGL segments this server's run created (the actor is killed, not exited,
-        so DGL's own finalisers never run). Only names DGL uses, created since :meth:`start`."""
-        created = set(os.listdir("/dev/shm")) - getattr(self, "_shm_before", set())
-        removed = []
-        for name in sorted(created):
-            if name.endswith("-kvdata-") or name.startswith(self._graph_name or "\0"):
-                try:
-                    os.unlink(os.path.join("/dev/shm", name))
-                    removed.append(name)
-                except FileNotFoundError:
-                    pass
-        return removed
 
     def wait(self, timeout: float) -> dict:
         if self._thread is not None:
@@ -158,8 +149,32 @@ class GraphService:
     group: Any                      # a gloo process group for object exchange
 
 
-def connect(partitions: str, graph_name: str, num_samplers: int = 0,
-            token: Optional[str] = None) -> GraphService:
+def graphbolt_partition(part_config: str, part_id: int, workdir: str) -> str:
+    """A partition JSON whose part ``part_id`` has GraphBolt's ``fused_csc_sampling_graph.pt``."""
+    import json
+    import shutil
+
+    import dgl.distributed
+
+    with open(part_config) as fh:
+        meta = json.load(fh)
+    root = os.path.dirname(os.path.abspath(part_config))
+    part_dir = os.path.join(root, os.path.dirname(meta[f"part-{part_id}"]["part_graph"]))
+    if os.path.exists(os.path.join(part_dir, "fused_csc_sampling_graph.pt")):
+        return part_config
+    local = os.path.join(workdir, "graphbolt")
+    if not os.path.exists(local):
+        shutil.copytree(root, local)
+    config = os.path.join(local, os.path.basename(part_config))
+    start = time.perf_counter()
+    # eids: a partition's training edges are read as its items' in-edges, with their ids.
+    dgl.distributed.dgl_partition_to_graphbolt(config, store_eids=True, store_inner_node=True,
+                                               store_inner_edge=True)
+    logger.info("partition %d converted to GraphBolt in %.1f s", part_id, time.perf_counter() - start)
+    return config
+
+
+def connect(partitions: str, graph_name: str, token: Optional[str] = None, graphbolt: bool = False) -> GraphService:
     """Start this rank's graph server, exchange addresses, and connect as a DGL client.
 
     ``token`` names this run's shared-memory segments when the one-host shim is needed.
@@ -183,20 +198,20 @@ def connect(partitions: str, graph_name: str, num_samplers: int = 0,
     addresses = [(p[1], p[2]) for p in peers]
     token = peers[0][3]
     shared_host = len({p[0] for p in peers}) < world
-    if shared_host:
-        shim.enable(token, rank)
-    num_clients = world * (1 + num_samplers)
-    info = ray.get(actor.start.remote(rank, addresses, num_clients, partitions,
-                                      token if shared_host else None))
+    # Always on: DGL names its shared memory after the tensor alone, so two runs on one host
+    # (two jobs on a node, a benchmark beside the tests) would unlink each other's segments.
+    shim.enable(token, rank)
+    num_clients = world          # trainers only: workers sample in their own process
+    info = ray.get(actor.start.remote(rank, addresses, num_clients, partitions, token, graphbolt))
     logger.info("rank %d: graph server for partition %d up on %s:%d (pid %d, %.1f s)%s",
                 rank, rank, ip, port, info["pid"], info["load_s"],
                 " [one-host shim]" if shared_host else "")
 
     os.environ.update(DGL_DIST_MODE="distributed", DGL_ROLE="client", DGL_NUM_SERVER="1",
-                      DGL_NUM_SAMPLER=str(num_samplers))
+                      DGL_NUM_SAMPLER="0")
     import dgl.distributed
     workdir = tempfile.mkdtemp(prefix="recgoat-dglclient-")
-    dgl.distributed.initialize(_write_ip_config(addresses, workdir))
+    dgl.distributed.initialize(_write_ip_config(addresses, workdir), use_graphbolt=graphbolt)
     graph = dgl.distributed.DistGraph(graph_name)
     return GraphService(graph=graph, partition=rank, num_partitions=world,
                         shared_host=shared_host, token=token, server=actor, group=group)
@@ -207,9 +222,6 @@ def disconnect(service: GraphService, timeout: float = 30.0) -> dict:
     import dgl.distributed
     dgl.distributed.exit_client()
     status = ray.get(service.server.wait.remote(timeout))
-    if not service.shared_host:
-        ray.get(service.server.release_shared_memory.remote())
     ray.kill(service.server)
-    if service.shared_host:
-        shim.cleanup(service.token)
+    shim.cleanup(service.token)
     return status

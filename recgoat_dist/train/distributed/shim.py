@@ -13,8 +13,9 @@ host (tests, laptops):
 DGL's shared-memory names with ``<run token>-m<machine id>-`` and pins the client's machine id.
 DGL's sampler processes are started with ``spawn`` and do not inherit a monkeypatch, so
 ``enable`` also puts a ``sitecustomize`` directory on ``PYTHONPATH`` that re-applies the shim at
-interpreter start when ``RECGOAT_DGL_SHIM`` is set. Nothing is patched unless ``enable`` is called;
-on a cluster with one partition per node it never is.
+interpreter start when ``RECGOAT_DGL_SHIM`` is set. Every distributed run enables it: with one
+partition per node the pinned machine id is the one DGL would find (ip config lines follow the
+ranks), and the run-scoped names keep two runs on one host apart.
 """
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ def _apply(token: str, machine_id: int) -> None:
 def cleanup(token: str) -> list[str]:
     """Remove the shared-memory segments a run with this token left in ``/dev/shm``."""
     removed = []
-    for path in glob.glob(f"/dev/shm/{token}-m*"):
+    # GraphBolt's shared graph also leaves lock files named after the (prefixed) graph.
+    for path in glob.glob(f"/dev/shm/{token}-m*") + glob.glob(f"/dev/shm/dgl.graphbolt.{token}-m*"):
         try:
             os.unlink(path)
             removed.append(path)

@@ -1,0 +1,120 @@
+"""Layer-wise (per-hop) inference: every node's representation in every stream, with *all* its
+neighbours, one hop at a time (DGL's ``SAGE.inference`` pattern).
+
+Hop ``k`` of a batch of nodes is computed from hop ``k-1`` of their in-neighbours with the model's
+own steps (:meth:`LightGCN.hop`, :meth:`FeatureStream.project`, :meth:`FeatureStream.hop`), so a
+change to a layer cannot make training and inference disagree. The results go to one table per
+hop and stream (:class:`LayerTables`). The same code serves
+
+* the single-process engine: a DGL graph, plain tensors, all nodes computed here;
+* the distributed engine: a ``DistGraph``, ``DistTensor`` tables on the graph servers, each worker
+  computing its own partition's nodes, with a barrier between hops;
+
+through four small callables (``neighbours``, ``ego``, ``features``, ``sync``). The tables are also
+the *history* of sampled propagation: LightGCN layers beyond the sampled hops read them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+NTYPES = ("user", "item")
+USER_STREAM = "__user"          # stream key of the user LM stream (item streams use the modality)
+
+
+def content_streams(model) -> dict:
+    """``{key: FeatureStream}``: item modalities by name, the user LM stream as ``USER_STREAM``."""
+    out = dict(model.item_streams.items())
+    if model.user_stream is not None:
+        out[USER_STREAM] = model.user_stream
+    return out
+
+
+@dataclass
+class LayerTables:
+    """Per-hop representation tables: anything indexable as ``t[ids]`` / ``t[ids] = rows``."""
+
+    id: list          # id[k][ntype]: LightGCN layer k, k = 0..n_layers
+    streams: dict     # key -> [projection, GAT layer 1, ...] (rows of the stream's node type)
+
+    @classmethod
+    def allocate(cls, model, make: Callable[[str, str], Any]) -> "LayerTables":
+        """``make(name, ntype)`` creates one (num_nodes(ntype), dim) table."""
+        return cls(id=[{nt: make(f"id{k}_{nt}", nt) for nt in NTYPES} for k in range(model.id.n_layers + 1)],
+                   streams={key: [make(f"{key}{k}", s.ntype) for k in range(len(s.gats) + 1)]
+                            for key, s in content_streams(model).items()})
+
+    def history(self, layer: int, ntype: str, ids: torch.Tensor) -> torch.Tensor:
+        """LightGCN layer ``layer`` of nodes ``ids``: what sampled propagation reads."""
+        return self.id[layer][ntype][ids]
+
+
+def _batches(nodes: torch.Tensor, size: int):
+    for i in range(0, len(nodes), size):
+        yield nodes[i:i + size]
+
+
+@torch.no_grad()
+def layerwise_inference(model, tables: LayerTables, nodes: Mapping[str, torch.Tensor],
+                        neighbours: Callable, ego: Callable, features: Callable,
+                        sync: Optional[Callable[[], None]] = None, batch_size: int = 4096) -> None:
+    """Fill every hop of every stream of ``model`` for ``nodes`` (``{ntype: ids}``).
+
+    ``neighbours(ntype, ids)``: a block whose destination nodes are ``ids`` with all their in-edges
+    (``srcdata[dgl.NID]`` = node ids, training degrees attached as ``"deg"``).
+    ``ego(ntype, ids)``: layer-0 ID rows. ``features(ntype, key, ids)``: a stream's standardised
+    content features. ``sync()``: a barrier between hops, when other processes fill other nodes.
+    """
+    import dgl
+
+    sync = sync or (lambda: None)
+    was_training = model.training
+    model.eval()
+    streams = content_streams(model)
+    for nt in NTYPES:
+        for b in _batches(nodes[nt], batch_size):
+            tables.id[0][nt][b] = ego(nt, b)
+    for key, s in streams.items():
+        for b in _batches(nodes[s.ntype], batch_size):
+            tables.streams[key][0][b] = s.project(features(s.ntype, key, b))
+    depth = max([model.id.n_layers] + [len(s.gats) for s in streams.values()])
+    for k in range(1, depth + 1):
+        sync()
+        for nt in NTYPES:
+            for b in _batches(nodes[nt], batch_size):
+                block = neighbours(nt, b)
+                src = {s: block.srcnodes[s].data[dgl.NID] for s in NTYPES}
+                if k <= model.id.n_layers:
+                    h = model.id.hop(block, {s: tables.id[k - 1][s][src[s]] for s in NTYPES})
+                    tables.id[k][nt][b] = h[nt]
+                for key, s in streams.items():
+                    if s.ntype == nt and k <= len(s.gats):
+                        h_src = tables.streams[key][k - 1][src[nt]]
+                        tables.streams[key][k][b] = s.hop(k - 1, block[s.etype], h_src, h_src[:len(b)])
+    sync()
+    model.train(was_training)
+
+
+@torch.no_grad()
+def full_representations(tables: LayerTables, pull: Callable, with_streams: bool = True):
+    """Every node's full-graph :class:`Representations` from the tables.
+
+    ``pull(table_fn, ntype)``: all rows of ``ntype`` from ``table_fn(ids)`` (identity locally,
+    block-wise pulls from the servers when distributed)."""
+    from recgoat_dist.model.recgoat import Representations
+
+    def mean_id(nt):
+        return lambda ids: sum(layer[nt][ids] for layer in tables.id) / len(tables.id)
+
+    user_id, item_id = pull(mean_id("user"), "user"), pull(mean_id("item"), "item")
+    reps = Representations(user_id, item_id, user_id, item_id)
+    if with_streams:
+        for key, hops in tables.streams.items():
+            rows = pull(lambda ids, t=hops[-1]: t[ids], "user" if key == USER_STREAM else "item")
+            if key == USER_STREAM:
+                reps.user_lm = rows
+            else:
+                reps.item_modal[key] = rows
+    return reps

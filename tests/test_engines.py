@@ -1,0 +1,179 @@
+"""The one loop's engines: layer-wise inference == full forward, sampled steps bounded by the batch,
+historical layers, devices, and configuration keys an engine cannot honour."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recgoat_dist.config import ConfigError, load_config
+from recgoat_dist.model import VARIANTS, build_model
+from recgoat_dist.train.engine import LocalEngine, infer_embeddings, local_tables, model_meta, training_degrees
+from recgoat_dist.train.inputs import load_inputs
+
+
+def synthetic_graph(root, users: int, items: int, seed: int, knn_k: int, user_knn_k: int) -> str:
+    from recgoat_dist.data.synthetic import generate_synthetic
+    from recgoat_dist.graph import build_graph
+
+    data, graph = str(root / "data"), str(root / "graph")
+    generate_synthetic(data, users=users, items=items, seed=seed)
+    build_graph(data, graph, knn_k=knn_k, user_knn_k=user_knn_k)
+    return graph
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return synthetic_graph(tmp_path_factory.mktemp("engines"), 150, 120, seed=0, knn_k=5, user_knn_k=5)
+
+
+def config_for(graph: str, *overrides: str):
+    return load_config(None, [f"data.graph={graph}", "train.progress=false", "model.dim=16", "model.n_layers=3",
+                              "model.num_landmarks=32", *overrides])
+
+
+def full_forward(model, inputs):
+    nodes = {"user": torch.arange(inputs.num_users), "item": torch.arange(inputs.num_items)}
+    reps = model([inputs.graph] * model.num_graph_layers, nodes, inputs.item_feats, inputs.user_feats)
+    reps.item_cold = torch.from_numpy(inputs.cold_items)
+    return reps
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_layerwise_inference_equals_the_full_forward(small, name):
+    """The model's per-hop inference (evaluation, distributed evaluation and export all use it)
+    gives the full-graph forward's vectors within 1e-5, for every variant."""
+    config = config_for(small, f"model.name={name}", "model.gat_layers=2")
+    inputs = load_inputs(config)
+    torch.manual_seed(0)
+    model = build_model(config.model, **model_meta(inputs)).eval()
+    with torch.no_grad():
+        # perturb every parameter so that no stream is near its initial value
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        users_full, items_full = model.final_embeddings(full_forward(model, inputs))
+    users, items = infer_embeddings(model, inputs, config.model.dim)
+    assert torch.allclose(users, users_full, atol=1e-5), (users - users_full).abs().max()
+    assert torch.allclose(items, items_full, atol=1e-5), (items - items_full).abs().max()
+
+
+def test_history_with_every_neighbour_reproduces_the_full_forward(small):
+    """Sampled propagation: 1 exact hop with every neighbour, LightGCN layers 2-3 from the
+    historical tables of a fresh layer-wise inference == the full forward, for any seeds."""
+    import dgl
+
+    from recgoat_dist.train.steps import attach_degrees
+
+    config = config_for(small, "model.name=recgoat")
+    inputs = load_inputs(config)
+    torch.manual_seed(0)
+    model = build_model(config.model, **model_meta(inputs)).eval()
+    tables = local_tables(model, inputs, config.model.dim, torch.device("cpu"))
+    engine_degree = training_degrees(inputs)
+    from recgoat_dist.train.engine import layerwise_tables
+    with torch.no_grad():
+        full = full_forward(model, inputs)
+        layerwise_tables(model, inputs, tables, inputs.item_feats, inputs.user_feats, engine_degree)
+        seeds = {"user": torch.tensor([0, 3, 7, 20]), "item": torch.tensor([1, 2, 50, 99])}
+        sampler = dgl.dataloading.NeighborSampler([-1])
+        input_nodes, _, blocks = sampler.sample_blocks(inputs.graph, seeds)
+        attach_degrees(blocks, lambda nt, ids: engine_degree[nt][ids])
+        feats = {m: x[input_nodes["item"]] for m, x in inputs.item_feats.items()}
+        reps = model(blocks, input_nodes, feats, inputs.user_feats[input_nodes["user"]], tables.history)
+    for got, want in ((reps.user_id, full.user_id[seeds["user"]]), (reps.item_id, full.item_id[seeds["item"]]),
+                      (reps.item_modal["text"], full.item_modal["text"][seeds["item"]]),
+                      (reps.user_lm, full.user_lm[seeds["user"]])):
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
+@pytest.fixture(scope="module")
+def dense_graph(tmp_path_factory):
+    """2000 users x 600 items: 3 hops at fanout 10 reach nearly every node."""
+    return synthetic_graph(tmp_path_factory.mktemp("dense"), 2000, 600, seed=1, knn_k=10, user_knn_k=5)
+
+
+def test_sampled_steps_stay_bounded_where_three_hops_reach_the_whole_graph(dense_graph, tmp_path):
+    import dgl
+
+    from recgoat_dist.train.loop import train_epoch
+    from recgoat_dist.train.sampling import SeedBatch, block_fanouts
+
+    config = config_for(dense_graph, "train.propagation=sampled", "train.batch_size=16", "train.fanouts=[10]",
+                        "train.max_steps_per_epoch=8", "model.num_landmarks=8")
+    inputs = load_inputs(config)
+    meta = inputs.graph_meta
+    users, pos = np.repeat(np.arange(inputs.num_users), inputs.train.degree())[:16], inputs.train.indices[:16]
+    batch = SeedBatch(users, pos, pos[::-1].copy())
+    three_hops = dgl.dataloading.NeighborSampler(block_fanouts(
+        inputs.graph.canonical_etypes, [10, 10, 10], 3, meta["knn_k"], meta["user_knn_k"]))
+    reached, _, _ = three_hops.sample_blocks(inputs.graph, batch.seeds)
+    total = inputs.num_users + inputs.num_items
+    assert (len(reached["user"]) + len(reached["item"])) > 0.9 * total      # 3 hops: nearly every node
+
+    torch.manual_seed(0)
+    model = build_model(config.model, **model_meta(inputs))
+    engine = LocalEngine(config, inputs, model, str(tmp_path / "run"), np.random.default_rng(0))
+    losses, cost = train_epoch(engine, 0)
+    assert cost["propagation"] == "sampled" and cost["steps"] == 8 and np.isfinite(losses["loss"])
+    inputs_per_step = sum(cost["input_nodes_per_step"].values())
+    assert inputs_per_step <= 30 * cost["seeds_per_step"], cost
+    assert sum(cost["input_nodes_max"].values()) < 0.4 * total, cost
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_cuda_is_a_one_line_error(small, tmp_path, capsys):
+    from recgoat_dist.cli import main
+
+    code = main(["train", "--set", f"data.graph={small}", "--set", "train.device=cuda", "--set", "train.epochs=1",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "train.device" in err[0] and "no CUDA device" in err[0]
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_auto_device_and_propagation_resolve_and_say_so(small, tmp_path, caplog):
+    from recgoat_dist.train.single import train_single
+
+    caplog.set_level("INFO")
+    metrics = train_single(config_for(small, "train.epochs=1"), str(tmp_path / "run"))
+    assert metrics["device"] == "cpu" and metrics["propagation"] == "full"
+    assert "train.propagation auto -> full" in caplog.text
+    sampled = train_single(config_for(small, "train.epochs=1", "train.full_max_edges=10"), str(tmp_path / "s"))
+    assert sampled["propagation"] == "sampled" and sampled["step_cost"]["propagation"] == "sampled"
+    assert set(sampled["step_cost"]) >= {"seeds_per_step", "input_nodes_per_step", "input_nodes_max",
+                                         "seconds_per_step", "edges_per_second"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["cluster.num_workers=2", "train.propagation=full"], "train.propagation"),
+    (["cluster.use_gpu=true"], "cluster.use_gpu"),
+    (["cluster.num_workers=1", "train.device=cuda"], "train.device"),
+    (["cluster.fanouts=[5, 5]"], "train.fanouts"),
+    (["cluster.num_samplers=2"], "cluster.num_samplers"),
+    (["model.num_landmarks=0"], "model.num_landmarks"),
+    (["model.ot_eps=-1"], "model.ot_eps"),
+    (["model.temperature=0"], "model.temperature"),
+    (["model.dropout=1.0"], "model.dropout"),
+    (["train.lr=0"], "train.lr"),
+    (["train.fanouts=[]"], "train.fanouts"),
+    (["train.propagation=layered"], "train.propagation"),
+    (["model.modalities=[]"], "model.modalities"),
+])
+def test_keys_that_cannot_be_honoured_fail_when_the_config_loads(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        load_config(None, overrides)
+
+
+def test_keys_an_engine_cannot_honour_fail_before_training(small, tmp_path):
+    from recgoat_dist.train.distributed.model import modalities_of
+    from recgoat_dist.train.single import train_single
+
+    with pytest.raises(ConfigError, match="train.weight_decay"):
+        train_single(config_for(small, "train.propagation=sampled", "train.weight_decay=0.01"), str(tmp_path / "a"))
+    # the distributed engine applies the single-process rules to model.modalities
+    inputs = load_inputs(config_for(small))
+    with pytest.raises(ConfigError, match="model.modalities"):
+        modalities_of(inputs.graph, config_for(small, "model.modalities=[audio]").model)
+    with pytest.raises(ConfigError, match="model.modalities"):
+        train_single(config_for(small, "model.modalities=[audio]"), str(tmp_path / "b"))
