@@ -72,6 +72,7 @@ def write(path, text: str) -> str:
     ("params: {cluster.num_workers: {choice: [0, 2]}}", "params.cluster.num_workers: cannot be tuned"),
     ("params: {train.valid_metric: {choice: [ndcg@20]}}", "params.train.valid_metric: cannot be tuned"),
     ("params: {graph.knn_k: {choice: [5, 10]}}", "params.graph.knn_k: cannot be tuned"),
+    ("params: {export.ranking: {choice: [exact, ann]}}", "params.export.ranking: cannot be tuned"),
     ("params: {}", "'params' must map at least one dotted config key"),
     ("space: {model.dim: {choice: [16]}}", "unknown top-level key(s) ['space']"),
     ("- just a list", "expected a mapping with a 'params' section"),
@@ -155,15 +156,13 @@ def test_epoch_tracker_replays_the_trainers_early_stopping_rule():
     assert EpochTracker("recall@20", 20, 3).update(2, {"recall@20": 0.0})["trainer_done"]   # last epoch
 
 
-def test_reports_every_epoch_once_in_order_from_the_runs_progress(tiny, tmp_path):
-    """The real trainer in a thread; its epochs read back from checkpoints/last.pt as they land."""
+def test_reports_every_epoch_once_in_order_through_the_trainers_callback(tiny, tmp_path):
     from recgoat_dist.train.run import Run
-    from recgoat_dist.tune.trial import _train_reading_progress
+    from recgoat_dist.tune.trial import train_with_epoch_reports
 
     config = base_config(tiny, "train.epochs=4")
     seen = []
-    metrics = _train_reading_progress(config, str(tmp_path / "run"), lambda e, v: seen.append((e, v)),
-                                      poll_seconds=0.05)
+    metrics = train_with_epoch_reports(config, str(tmp_path / "run"), lambda e, v: seen.append((e, v)))
     history = Run(str(tmp_path / "run")).history
     assert [e for e, _ in seen] == [0, 1, 2, 3]
     assert [v for _, v in seen] == [h["valid"] for h in history]

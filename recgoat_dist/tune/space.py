@@ -35,6 +35,7 @@ SCHEDULERS = ("asha", "random")
 REFUSED = {
     "cluster": "trials are single-process runs; parallelism comes from running trials side by side",
     "debug": "fault injection is not a hyper-parameter",
+    "export": "export settings do not change training or its validation score",
     "graph": "the graph is built before training (`recgoat graph`); tune data.graph over prebuilt graphs instead",
     "data.partitions": "trials train single-process on data.graph",
     "data.synthetic_users": "only used when no dataset is given; tune needs data.graph",

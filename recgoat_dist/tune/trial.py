@@ -1,24 +1,18 @@
 """One Ray Tune trial: train one sampled config through the trainer's entry point, report each epoch.
 
-ASHA cuts trials on their validation score *per epoch*, so a trial must report while it trains.
-The trainer's entry point ``recgoat_dist.pipeline.train(config, out)`` has no epoch callback yet;
-until it has one, the trial trains in a background thread and reads the run's own progress: the
-trainer writes ``checkpoints/last.pt`` (atomically, by rename) after every epoch, holding the
-history of validation metrics so far. :func:`train_with_epoch_reports` uses a real callback
-instead as soon as ``train`` accepts ``on_epoch`` (signature: ``on_epoch(epoch: int,
-valid: dict | None) -> None``, called after the epoch's checkpoint is saved), so nothing here
-changes when the trainer grows one.
+ASHA cuts trials on their validation score *per epoch*, so a trial must report while it trains:
+it passes ``on_epoch(epoch, valid)`` to the trainer's entry point ``recgoat_dist.pipeline.train``
+(called in the training process after each epoch's checkpoint; ``valid`` is None on epochs
+without evaluation) and turns each call into one ``tune.report``.
 
 Only validation metrics leave a trial: the test split is never reported to Tune, so no selection
 can use it.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import shutil
-import threading
 from typing import Callable, Optional
 
 from recgoat_dist.config import Config
@@ -56,61 +50,11 @@ class EpochTracker:
                 "trainer_done": bool(done)}
 
 
-def train_with_epoch_reports(config: Config, out: str, on_epoch: OnEpoch, poll_seconds: float = 0.5) -> dict:
-    """``pipeline.train(config, out)``, calling ``on_epoch(epoch, valid_metrics)`` once per epoch, in order."""
+def train_with_epoch_reports(config: Config, out: str, on_epoch: OnEpoch) -> dict:
+    """``pipeline.train(config, out)``, calling ``on_epoch(epoch, valid_metrics)`` after each epoch."""
     from recgoat_dist import pipeline
 
-    if "on_epoch" in inspect.signature(pipeline.train).parameters:
-        return pipeline.train(config, out, on_epoch=on_epoch)
-    return _train_reading_progress(config, out, on_epoch, poll_seconds)
-
-
-def _train_reading_progress(config: Config, out: str, on_epoch: OnEpoch, poll_seconds: float) -> dict:
-    """Train in a thread; report epochs from the run's ``checkpoints/last.pt`` as they appear."""
-    from recgoat_dist import pipeline
-    from recgoat_dist.train.run import Run
-
-    if "://" in out:
-        raise ValueError(f"{out}: trial runs must be local paths (their progress is read from disk)")
-    outcome: dict = {}
-
-    def target() -> None:
-        try:
-            outcome["metrics"] = pipeline.train(config, out)
-        except BaseException as exc:  # re-raised in the trial's thread below
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="recgoat-trial-train", daemon=True)
-    thread.start()
-    reported, stamp = 0, None
-    last = os.path.join(out, "checkpoints", "last.pt")
-    while thread.is_alive():
-        thread.join(poll_seconds)
-        reported, stamp = _report_new_epochs(last, reported, stamp, on_epoch)
-    if "error" in outcome:
-        raise outcome["error"]
-    for entry in Run(out).history[reported:]:     # the published history is complete
-        on_epoch(entry["epoch"], entry["valid"])
-    return outcome["metrics"]
-
-
-def _report_new_epochs(path: str, reported: int, stamp, on_epoch: OnEpoch) -> tuple[int, object]:
-    from recgoat_dist.train import checkpoint as ckpt
-
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        return reported, stamp
-    new_stamp = (info.st_mtime_ns, info.st_size)
-    if new_stamp == stamp:
-        return reported, stamp
-    try:
-        history = ckpt.load(path)["progress"]["history"]
-    except Exception:      # being rewritten by the run's publication: read it at the next poll
-        return reported, stamp
-    for entry in history[reported:]:
-        on_epoch(entry["epoch"], entry["valid"])
-    return max(reported, len(history)), new_stamp
+    return pipeline.train(config, out, on_epoch=on_epoch)
 
 
 def run_trial(params: dict, *, base: dict, keys: list, workdir: str, threads: int) -> None:
