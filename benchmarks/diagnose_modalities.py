@@ -200,13 +200,17 @@ def ridge_ceiling(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> dict:
 def probe(work: Path, name: str, run_name: str) -> dict:
     from recgoat_dist.eval import topk_items
     from recgoat_dist.train.run import Run
-    from recgoat_dist.train.single import FullGraph
+    from recgoat_dist.train.engine import LocalEngine
     from recgoat_dist.train.inputs import load_inputs
 
     run = Run(str(work / name / "runs" / run_name))
     model, config = run.load_model(), run.config
     inputs = load_inputs(config)
-    reps = FullGraph(model, inputs).forward()
+    # One full-graph forward of every stream (the local engine's own), CPU, eval mode.
+    engine = LocalEngine(config, inputs, model, out=str(work / "unused"), rng=np.random.default_rng(0),
+                         device=torch.device("cpu"))
+    model.eval()
+    reps = engine.full_forward()
     users, items = model.final_embeddings(reps)
     landmarks = model.landmarks(reps)
     oat, gamma = model.oat, model.oat.gamma()
