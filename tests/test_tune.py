@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -290,3 +291,11 @@ def test_cli_runs_trials_on_the_cluster_at_ray_address(tiny, tmp_path, ray_head_
     assert re.search(rf"Connecting to existing Ray cluster at address: [0-9.]+:{port}", done.stderr), done.stderr
     assert "Ray cluster: 2.0 CPUs" in done.stderr             # the head's CPUs, not --num-cpus
     assert Artifact(out, kind="tune")["num_trials"] == 2
+
+
+def test_the_example_space_in_configs_is_valid():
+    from recgoat_dist.tune.space import load_space
+
+    space = load_space(str(Path(__file__).resolve().parents[1] / "configs" / "tune-space.yaml"),
+                       load_config(str(Path(__file__).resolve().parents[1] / "configs" / "lfm2k.yaml")))
+    assert space.scheduler == "asha" and space.grace_period == 10 and "model.ot_eps" in space.keys
