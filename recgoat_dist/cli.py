@@ -22,6 +22,7 @@ STAGE_CLIS = (
     "recgoat_dist.graph.cli",
     "recgoat_dist.train.cli",
     "recgoat_dist.export.cli",
+    "recgoat_dist.tune.cli",
     "recgoat_dist.pipeline",
 )
 
