@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import yaml
 
+from recgoat_dist.nightly.config import NightlyConfig, validate_nightly
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown or has a value of the wrong type."""
@@ -102,6 +104,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -187,6 +190,7 @@ def validate(config: Config) -> Config:
     if metric not in ("recall", "ndcg", "precision", "map") or not k.isdigit() or int(k) not in topk:
         raise ConfigError(f"config key train.valid_metric: {config.train.valid_metric!r} must be "
                           f"recall|ndcg|precision|map@K with K in train.topk {topk}")
+    validate_nightly(config.nightly, ConfigError)
     return config
 
 
