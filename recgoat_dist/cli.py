@@ -23,6 +23,7 @@ STAGE_CLIS = (
     "recgoat_dist.train.cli",
     "recgoat_dist.export.cli",
     "recgoat_dist.pipeline",
+    "recgoat_dist.nightly.cli",
 )
 
 logger = logging.getLogger("recgoat_dist")

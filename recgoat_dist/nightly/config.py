@@ -34,11 +34,11 @@ class NightlyConfig:
     max_volume_ratio: float = 5.0
     volume_nights: int = 7             # trailing nights in that mean
     lock_stale_seconds: int = 6 * 3600  # a lock older than this is taken over (crashed run)
-    fault: Optional[str] = None        # testing: raise after this step (dataset|graph|train|version|event)
+    fault: Optional[str] = None        # testing: raise after this step (dataset|graph|train|version|pointer)
     gate: GateConfig = field(default_factory=GateConfig)
 
 
-FAULT_STEPS = ("dataset", "graph", "train", "version", "event")
+FAULT_STEPS = ("dataset", "graph", "train", "version", "pointer")
 
 
 def validate_nightly(config: NightlyConfig, error) -> None:

@@ -60,7 +60,7 @@ def holdout_mask(users: np.ndarray, fraction: float, seed: int, date: str, new_u
 
 
 def _features(parent: Dataset, kind: str, name: str, names: np.ndarray, given: tuple | None,
-              num_old: int) -> tuple[np.ndarray, list[str], int]:
+              num_old: int) -> tuple[np.ndarray, list[str], list[str]]:
     """(rows for every id, changed known ids, new ids without content)."""
     old = parent.item_features(name) if kind == "item" else parent.user_features(name)
     x = np.empty((len(names), old.shape[1]), np.float32)
@@ -78,7 +78,7 @@ def _features(parent: Dataset, kind: str, name: str, names: np.ndarray, given: t
             if i < num_old and not np.array_equal(x[i], row):
                 changed.append(str(original))
             x[i], have[i] = row, True
-    missing = int((~have).sum())
+    missing = [str(v) for v in names[~have]]
     if missing:
         x[~have] = old.mean(axis=0)
     return x, changed, missing
@@ -132,7 +132,7 @@ def build_version_dataset(parent_url: str, delta: Delta, out: str, config: Night
         users, items, ratings, ts, split = (a[~stale] for a in (users, items, ratings, ts, split))
 
     changed: dict[str, list[str]] = {}
-    missing: dict[str, int] = {}
+    missing: dict[str, list[str]] = {}
     with DatasetWriter(out, nu, ni, source=delta.url, overwrite=overwrite) as writer:
         writer.add_interactions(pa.table({
             "user_id": users, "item_id": items, "rating": ratings,
@@ -141,14 +141,15 @@ def build_version_dataset(parent_url: str, delta: Delta, out: str, config: Night
                 ("item", parent.modalities, item_names, len(i_old), delta.item_features),
                 ("user", parent.user_modalities, user_names, len(u_old), delta.user_features)):
             for name in sorted(registry):
-                x, changed_ids, n_missing = _features(parent, kind, name, names, given.get(name), num_old)
+                x, changed_ids, missing_ids = _features(parent, kind, name, names, given.get(name), num_old)
                 writer.add_features(kind, name, 0, x, source=delta.url)
                 if changed_ids:
                     changed[f"{kind}:{name}"] = changed_ids
-                if n_missing:
-                    missing[f"{kind}:{name}"] = n_missing
-                    logger.warning("%s: %d new %ss have no %r content: they train on their ID alone (their "
-                                   "%s row is the modality's mean)", delta.url, n_missing, kind, name, name)
+                if missing_ids:
+                    missing[f"{kind}:{name}"] = missing_ids
+                    logger.warning("%s: %d new %ss have no %r content (e.g. %s): they train on their ID alone "
+                                   "(their %s row is the modality's mean)", delta.url, len(missing_ids), kind, name,
+                                   missing_ids[0], name)
         writer.add_id_map("user", user_names)
         writer.add_id_map("item", item_names)
         carried = {key: {m: {**parent.manifest[key][m], **writer.modalities.get(m, {})}
@@ -159,7 +160,8 @@ def build_version_dataset(parent_url: str, delta: Delta, out: str, config: Night
                    "new_users": nu - len(u_old), "new_items": ni - len(i_old),
                    "repeats_of_known_pairs": int(repeat.sum()), "holdout": int((d_split == TEST).sum()),
                    "dropped_by_window": dropped, "window_days": config.window_days,
-                   "changed_content": changed, "new_without_content": missing}
+                   "changed_content": changed,
+                   "new_without_content": {k: len(v) for k, v in missing.items()}, "new_without_content_ids": missing}
         manifest = writer.commit({**carried, "source": {"format": "nightly"}, "nightly": summary})
     logger.info("dataset version %s: %d users (+%d), %d items (+%d), holdout %d", out, nu, nu - len(u_old), ni,
                 ni - len(i_old), summary["holdout"])
