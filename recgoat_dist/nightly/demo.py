@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 # configs/nightly.yaml, for when no --config is given.
 DEMO_SETTINGS = ["model.dim=32", "model.n_layers=2", "model.gat_layers=1", "model.num_landmarks=64",
                  "model.ot_batch=128", "train.epochs=12", "train.batch_size=1024", "train.lr=0.01",
-                 "train.progress=false", "nightly.epochs=3", "nightly.gate.min_recall=0.05"]
+                 "train.progress=false", "nightly.epochs=2", "nightly.gate.min_recall=0.05"]
 NIGHTS = 3
 START = "2024-01-01"
 

@@ -120,8 +120,9 @@ def _build_candidate(config: Config, reg: Registry, date: str, ds_url: str, grap
         if champion is not None:
             from recgoat_dist.nightly.warmstart import warm_start_state
             missing = Dataset(ds_url).manifest.get("nightly", {}).get("new_without_content_ids", {})
+            no_items = sorted({i for key, ids in missing.items() if key.startswith("item:") for i in ids})
             warm, stats = warm_start_state(join(champion["url"], "run"), cfg, graph_url,
-                                           missing.get(f"user:{cfg.model.user_modality or 'text'}"))
+                                           missing.get(f"user:{cfg.model.user_modality or 'text'}"), no_items)
             warm_meta.update(stats)
         start = time.perf_counter()
         train(cfg, run_url, warm_start=warm)

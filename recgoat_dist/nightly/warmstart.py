@@ -5,11 +5,12 @@ and its state dict filled from the champion's best checkpoint:
 
 * **ID rows** (``id.user``, ``id.item``) are copied by *original* id through both versions' id maps
   (stable ids make this a prefix copy, but nothing here relies on it).
-* **New items** start from their content transported into the ID space: a full-graph forward of the
+* **New items** with content start from their content transported into the ID space: a full-graph forward of the
   warm-started model on the new graph gives each new item's content-stream representation, and the
   champion's OAT maps it onto the landmark items' ID representations (with the landmark potentials
   the champion learnt): the same estimate the model ranks a cold item with. Without OAT the learned
-  ``gamma``-weighted content sum; an ID-only model (``lightgcn``) keeps its random rows.
+  ``gamma``-weighted content sum; an ID-only model (``lightgcn``), or a new item the delta sent no
+  content for, keeps its random initial row (trained on its ID alone).
 * **New users** start from their LM features transported the same way onto the landmark users; a
   user whose LM features were missing from the delta (or a model without a user stream) starts from
   the mean of their training items' ID rows.
@@ -61,7 +62,8 @@ def _row_map(old_ids: np.ndarray, new_ids: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def warm_start_state(champion_run_url: str, config: Config, graph_url: str,
-                     without_user_content: Optional[list[str]] = None) -> tuple[dict, dict]:
+                     without_user_content: Optional[list[str]] = None,
+                     without_item_content: Optional[list[str]] = None) -> tuple[dict, dict]:
     """``({"model": state_dict}, stats)`` for a model of ``config`` on the graph at ``graph_url``."""
     from recgoat_dist.graph import GraphArtifact, build_heterograph
     from recgoat_dist.model import build_model
@@ -109,6 +111,11 @@ def warm_start_state(champion_run_url: str, config: Config, graph_url: str,
         state[key] = value.clone()
     model.load_state_dict(state)
     new_items = np.nonzero(~known["item"])[0]
+    if without_item_content:       # no content in the delta: their content row is a stand-in, keep the ID init
+        blank = set(without_item_content)
+        names = new_ds.original_ids("item")
+        stats["new_items_without_content"] = int(sum(str(names[i]) in blank for i in new_items))
+        new_items = np.array([i for i in new_items if str(names[i]) not in blank], np.int64)
     new_users = np.nonzero(~known["user"])[0]
     with torch.no_grad():
         _init_new_rows(model, graph, item_feats, user_feats, new_items, new_users, known, new_ds,
@@ -138,7 +145,8 @@ def _init_new_rows(model, graph, item_feats, user_feats, new_items, new_users, k
     if content is not None:
         model.id.item.data[items_t] = content
     stats["new_items_from_content"] = int(len(new_items)) if content is not None else 0
-    stats["new_items_random"] = int(len(new_items)) - stats["new_items_from_content"]
+    stats["new_items_random"] = (int(len(new_items)) - stats["new_items_from_content"]
+                                 + stats.get("new_items_without_content", 0))
 
     names = new_ds.original_ids("user")
     lm_ok = np.array([str(names[u]) not in without_user_content for u in new_users], bool)
