@@ -84,3 +84,34 @@ def test_new_item_without_content_warns_and_is_counted(tl, tmp_path, caplog):
     assert v.manifest["nightly"]["new_without_content_ids"]["item:visual"] == ["i_plain"]
     base = Dataset(tl["base"])
     np.testing.assert_allclose(v.item_features("text")[-1], base.item_features("text").mean(0), rtol=1e-5)
+
+
+def test_item_text_is_encoded_with_the_base_datasets_encoder(tl, tmp_path):
+    """item_text.parquet in a delta goes through the encoder the base manifest records (real MiniLM)."""
+    import shutil
+
+    from recgoat_dist.data.text import encode_items, get_encoder
+
+    base = str(tmp_path / "base")
+    shutil.copytree(tl["base"], base)
+    ids = Dataset(base).original_ids("item")
+    texts = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"item_id": list(ids), "text": [f"song {i} of a quiet album" for i in ids]}), texts)
+    encode_items(base, str(texts), name="text_minilm")
+    lo, _ = day_window(tl["dates"][0])
+    root = tmp_path / "events" / f"date={tl['dates'][0]}"
+    root.mkdir(parents=True)
+    pq.write_table(pa.table({"user_id": ["u000001", "u000002"], "item_id": ["i_new1", "i_new2"],
+                             "timestamp": pa.array([lo + 5, lo + 9], pa.int64())}), root / "interactions.parquet")
+    new_texts = ["a loud guitar anthem", "a slow piano piece"]
+    pq.write_table(pa.table({"item_id": ["i_new1", "i_new2"], "text": new_texts}), root / "item_text.parquet")
+    config = NightlyConfig(delta=str(tmp_path / "events" / "date={date}"), text_modality="text_minilm")
+    delta = read_delta(tl["dates"][0], config, Dataset(base).manifest)
+    got_ids, x = delta.item_features["text_minilm"]
+    np.testing.assert_allclose(x, get_encoder("minilm").encode(new_texts), atol=1e-5)
+    build_version_dataset(base, delta, str(tmp_path / "v"), config)
+    v = Dataset(str(tmp_path / "v"))
+    index = {k: i for i, k in enumerate(v.original_ids("item"))}
+    np.testing.assert_allclose(v.item_features("text_minilm")[index["i_new2"]], x[list(got_ids).index("i_new2")])
+    assert v.manifest["modalities"]["text_minilm"]["encoder"] == "minilm"      # recorded for the next night
+    assert v.manifest["nightly"]["new_without_content"] == {"item:text": 2, "item:visual": 2}

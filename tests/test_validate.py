@@ -1,7 +1,6 @@
 """One validation for `recgoat prepare parquet` and the nightly delta: same checks, same messages."""
 import re
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

@@ -6,7 +6,6 @@ scheduler should alert); 2 bad input (a bad delta is also recorded as a ``reject
 """
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
