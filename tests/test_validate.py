@@ -136,3 +136,18 @@ def test_prepare_parquet_shares_the_validation(tmp_path, capsys):
         assert prepare_msg == f"error: {delta_msg}", case
     assert re.search(r"column rating: row 1: NaN", messages["nan"][1])
     assert re.search(r"interactions\.parquet: column timestamp: row 1: 'x' is not an integer", messages["ts"][1])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("nightly.holdout_fraction=1.5", "config key nightly.holdout_fraction: must be in (0, 1)"),
+    ("nightly.gate.max_relative_drop=1", "config key nightly.gate.max_relative_drop: must be in [0, 1)"),
+    ("nightly.delta=s3://b/events", "config key nightly.delta: must contain {date}"),
+    ("nightly.gate.bogus=1", "unknown config key nightly.gate.bogus"),
+    ("nightly.epochs=two", "config key nightly.epochs: expected int"),
+])
+def test_nightly_config_errors_name_the_key(override, message):
+    from recgoat_dist.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value)
