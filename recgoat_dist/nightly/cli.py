@@ -23,10 +23,17 @@ def _config(args):
     return load_config(args.config, overrides)
 
 
+def _day(text: str, flag: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected a date YYYY-MM-DD") from None
+
+
 def _dates(spec: str) -> list[str]:
     if ".." not in spec:
         raise ValueError(f"--dates {spec!r}: expected FROM..TO (YYYY-MM-DD..YYYY-MM-DD)")
-    lo, hi = (dt.date.fromisoformat(x) for x in spec.split("..", 1))
+    lo, hi = (_day(x, "--dates") for x in spec.split("..", 1))
     if hi < lo:
         raise ValueError(f"--dates {spec!r}: TO is before FROM")
     return [(lo + dt.timedelta(days=d)).isoformat() for d in range((hi - lo).days + 1)]
@@ -47,7 +54,8 @@ def _guard(fn):
 @_guard
 def _init(args) -> int:
     from recgoat_dist.nightly.night import init_registry
-    outcome = init_registry(_config(args), args.dataset, args.date)
+    date = _day(args.date, "--date").isoformat() if args.date else None
+    outcome = init_registry(_config(args), args.dataset, date)
     print(outcome.message)
     return outcome.exit_code
 
@@ -59,7 +67,7 @@ def _run(args) -> int:
         raise ValueError("give exactly one of --date YYYY-MM-DD or --dates FROM..TO")
     config = _config(args)
     worst = 0
-    for date in ([args.date] if args.date else _dates(args.dates)):
+    for date in ([_day(args.date, "--date").isoformat()] if args.date else _dates(args.dates)):
         outcome = run_night(config, date)
         print(outcome.message)
         worst = max(worst, outcome.exit_code)
