@@ -137,11 +137,11 @@ def test_pointer_never_names_a_partial_version(fault, base_registry, timeline, t
 def test_killed_run_resumes_to_the_same_decision_and_metrics(base_registry, timeline, tmp_path):
     date = timeline["dates"][0]
     clean = _copy(base_registry, tmp_path / "clean")
-    reference = run_night(_config(clean, timeline["delta"], "nightly.epochs=4"), date)
+    reference = run_night(_config(clean, timeline["delta"], "nightly.epochs=3"), date)
     killed = _copy(base_registry, tmp_path / "killed")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     cmd = [sys.executable, "-m", "recgoat_dist", "nightly", "run", "--registry", killed, "--date", date,
-           "--set", f"nightly.delta={timeline['delta']}", "--set", "nightly.epochs=4"]
+           "--set", f"nightly.delta={timeline['delta']}", "--set", "nightly.epochs=3"]
     cmd += [x for t in TINY if not t.startswith("nightly.epochs") for x in ("--set", t)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = os.path.join(killed, "versions", date, "run", "checkpoints", "last.pt")
@@ -154,8 +154,8 @@ def test_killed_run_resumes_to_the_same_decision_and_metrics(base_registry, time
     reg = Registry(killed)
     assert not reg.is_complete(date) and os.path.exists(os.path.join(killed, "lock.json"))
     with pytest.raises(LockHeld, match="nightly.lock_stale_seconds"):     # the dead run's lock still holds
-        run_night(_config(killed, timeline["delta"], "nightly.epochs=4"), date)
-    resumed = run_night(_config(killed, timeline["delta"], "nightly.epochs=4", "nightly.lock_stale_seconds=0"), date)
+        run_night(_config(killed, timeline["delta"], "nightly.epochs=3"), date)
+    resumed = run_night(_config(killed, timeline["delta"], "nightly.epochs=3", "nightly.lock_stale_seconds=0"), date)
     assert resumed.decision == reference.decision
     got, want = reg.version(date)["metrics"], Registry(clean).version(date)["metrics"]
     assert got == want                                       # same inputs and seed: same metrics
