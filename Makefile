@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 DEMO_OUT ?= demo-out
 DEMO_WORKERS ?= 2
 
-.PHONY: demo test bench clean-demo
+.PHONY: demo test bench clean-demo nightly-demo
 
 $(VENV): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -22,6 +22,10 @@ $(VENV): pyproject.toml
 demo: $(VENV)
 	rm -rf $(DEMO_OUT)/run
 	$(PY) -m recgoat_dist demo --config configs/demo.yaml --set cluster.num_workers=$(DEMO_WORKERS) --out $(DEMO_OUT)
+
+# Nightly retraining on the synthetic timeline: init, 3 nights, a bad day, a rollback (DEMO_OUT/nightly).
+nightly-demo: $(VENV)
+	$(PY) -m recgoat_dist demo nightly --config configs/nightly.yaml --out $(DEMO_OUT)/nightly
 
 test: $(VENV)
 	$(PY) -m pytest tests

@@ -24,6 +24,7 @@ STAGE_CLIS = (
     "recgoat_dist.export.cli",
     "recgoat_dist.tune.cli",
     "recgoat_dist.pipeline",
+    "recgoat_dist.nightly.cli",
 )
 
 logger = logging.getLogger("recgoat_dist")

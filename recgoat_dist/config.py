@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 import yaml
 
+from recgoat_dist.nightly.config import NightlyConfig, validate_nightly
+
 
 class ConfigError(ValueError):
     """A configuration key is unknown or has a value of the wrong type."""
@@ -119,6 +121,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -262,6 +265,7 @@ def validate(config: Config) -> Config:
                           "process; distributed workers (cluster.num_workers >= 1) need 'sampled' or 'auto'")
     if config.cluster.num_workers >= 1 and config.train.device == "cuda" and not config.cluster.use_gpu:
         raise ConfigError("config key train.device: distributed workers run on GPUs only with cluster.use_gpu=true")
+    validate_nightly(config.nightly, ConfigError)
     return config
 
 

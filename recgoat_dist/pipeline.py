@@ -76,6 +76,9 @@ def train(config: Config, out: str, *, overwrite: bool = False, warm_start: Opti
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if args.which == "nightly":
+        from recgoat_dist.nightly.demo import demo_nightly
+        return demo_nightly(args)
     from recgoat_dist.eval import print_metrics_table
     from recgoat_dist.inspect import summary
 
@@ -100,6 +103,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="the whole pipeline on the embedded synthetic default")
+    p.add_argument("which", nargs="?", choices=("pipeline", "nightly"), default="pipeline",
+                   help="pipeline (default), or nightly: init, 3 nights, a bad day, a rollback")
     p.add_argument("--config", help="YAML config (e.g. configs/demo.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", required=True, help="work directory (inputs/ and run/ go below it)")

@@ -3,7 +3,10 @@
 Memory is bounded by the number of users and items (id vocabularies, degree counters), never by
 the number of interactions: encoded interactions are spilled to a local scratch directory, the
 k-core filter streams over them until no node is removed, and the per-user split groups users
-through on-disk buckets.
+through on-disk buckets. Each chunk goes through the validation shared with the nightly ingest
+(:mod:`recgoat_dist.data.validate`: NaN/inf ratings, non-integer timestamps, empty ids), and a
+repeated (user, item) pair is collapsed to its latest row inside its user bucket and counted in
+the manifest (``source.duplicates_collapsed``).
 
 Split, when the input has no ``split`` column (MMRec's per-user random split, seeded): a user
 with n >= 10 interactions gets floor(n/10) validation, floor(n/10) test and the rest train; a
@@ -24,6 +27,7 @@ from tqdm.auto import tqdm
 
 from recgoat_dist.data.dataset import DataError, DatasetWriter, chunk_ranges
 from recgoat_dist.data.inputs import iter_table
+from recgoat_dist.data.validate import PREPARE_RULES, collapse_duplicates, normalise_chunk
 
 logger = logging.getLogger(__name__)
 
@@ -56,22 +60,15 @@ def _spill(url: str, scratch: str, users: _Vocabulary, items: _Vocabulary) -> tu
     """Encode the input into record chunks on disk; returns (chunk paths, input had a split)."""
     paths, has_split, row = [], None, 0
     for table in tqdm(iter_table(url, ["user_id", "item_id"]), desc="reading", unit="chunk", mininterval=2):
-        for column in ("user_id", "item_id"):
-            if table[column].null_count:
-                bad = int(np.nonzero(table[column].is_null().to_numpy(zero_copy_only=False))[0][0])
-                raise DataError(f"{url}: row {row + bad}: column {column} is empty")
+        table = normalise_chunk(table, url, row, PREPARE_RULES)     # shared with the nightly ingest
         n = table.num_rows
         chunk = np.zeros(n, dtype=_FIELDS)
-        chunk["user"] = users.encode(table["user_id"].cast(pa.string()).to_pylist())
-        chunk["item"] = items.encode(table["item_id"].cast(pa.string()).to_pylist())
-        chunk["rating"] = (table["rating"].cast(pa.float32()).fill_null(1.0).to_numpy()
-                           if "rating" in table.column_names else 1.0)
-        if "timestamp" in table.column_names:
-            ts = table["timestamp"]
-            if pa.types.is_timestamp(ts.type):
-                ts = pc.cast(ts, pa.timestamp("s")).cast(pa.int64())
-            chunk["has_ts"] = ts.is_valid().to_numpy(zero_copy_only=False)
-            chunk["timestamp"] = ts.cast(pa.int64()).fill_null(0).to_numpy()
+        chunk["user"] = users.encode(table["user_id"].to_pylist())
+        chunk["item"] = items.encode(table["item_id"].to_pylist())
+        chunk["rating"] = table["rating"].to_numpy()
+        ts = table["timestamp"]
+        chunk["has_ts"] = ts.is_valid().to_numpy(zero_copy_only=False)
+        chunk["timestamp"] = ts.fill_null(0).to_numpy()
         if has_split is None:
             has_split = "split" in table.column_names
         if has_split:
@@ -87,6 +84,34 @@ def _spill(url: str, scratch: str, users: _Vocabulary, items: _Vocabulary) -> tu
     if row == 0:
         raise DataError(f"{url}: no interactions")
     return paths, bool(has_split)
+
+
+def _bucket_by_user(paths: list[str], scratch: str) -> tuple[list[str], int]:
+    """Group the spilled chunks into per-user buckets, one repeated (user, item) pair collapsed to its
+    latest row (:func:`collapse_duplicates`); returns the bucket files and the rows dropped."""
+    parts = [[] for _ in range(NUM_BUCKETS)]
+    for p, path in enumerate(paths):
+        chunk = np.load(path)
+        bucket_of = chunk["user"] % NUM_BUCKETS
+        for b in np.unique(bucket_of):
+            part = os.path.join(scratch, f"part-{b:03d}-{p:05d}.npy")
+            np.save(part, chunk[bucket_of == b])
+            parts[b].append(part)
+        os.remove(path)
+    buckets, dropped = [], 0
+    for b, files in enumerate(parts):
+        if not files:
+            continue
+        chunk = np.concatenate([np.load(f) for f in files])
+        ts = np.where(chunk["has_ts"], chunk["timestamp"], np.iinfo(np.int64).min)
+        keep, dups = collapse_duplicates(chunk["user"], chunk["item"], ts)
+        dropped += dups
+        path = os.path.join(scratch, f"bucket-{b:03d}.npy")
+        np.save(path, chunk[keep])
+        buckets.append(path)
+        for f in files:
+            os.remove(f)
+    return buckets, dropped
 
 
 def _k_core(paths: list[str], num_users: int, num_items: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,6 +195,9 @@ def prepare_parquet(interactions: str, item_features: dict[str, str], out: str, 
     try:
         users, items = _Vocabulary(), _Vocabulary()
         paths, has_split = _spill(interactions, scratch, users, items)
+        paths, duplicates = _bucket_by_user(paths, scratch)
+        if duplicates:
+            logger.info("%s: %d repeated (user, item) rows collapsed to their latest", interactions, duplicates)
         keep_u, keep_i = _k_core(paths, len(users.names), len(items.names), k_core)
         new_user = np.where(keep_u, np.cumsum(keep_u) - 1, -1)
         new_item = np.where(keep_i, np.cumsum(keep_i) - 1, -1)
@@ -177,23 +205,13 @@ def prepare_parquet(interactions: str, item_features: dict[str, str], out: str, 
         if num_users == 0 or num_items == 0:
             raise DataError(f"{interactions}: nothing left after the {k_core}-core filter")
 
-        buckets = [[] for _ in range(NUM_BUCKETS)]
-        for p, path in enumerate(paths):        # group users into buckets (on disk)
-            chunk = np.load(path)
-            chunk = chunk[keep_u[chunk["user"]] & keep_i[chunk["item"]]]
-            chunk["user"], chunk["item"] = new_user[chunk["user"]], new_item[chunk["item"]]
-            bucket_of = chunk["user"] % NUM_BUCKETS
-            for b in np.unique(bucket_of):
-                bucket_path = os.path.join(scratch, f"bucket-{b:03d}-{p:05d}.npy")
-                np.save(bucket_path, chunk[bucket_of == b])
-                buckets[b].append(bucket_path)
-            os.remove(path)
-
         with DatasetWriter(out, num_users, num_items, source=interactions, overwrite=overwrite) as writer:
-            for b, bucket_paths in enumerate(tqdm(buckets, desc="splitting", unit="bucket", mininterval=2)):
-                if not bucket_paths:
+            for path in tqdm(paths, desc="splitting", unit="bucket", mininterval=2):
+                chunk = np.load(path)
+                chunk = chunk[keep_u[chunk["user"]] & keep_i[chunk["item"]]]
+                if not len(chunk):
                     continue
-                chunk = np.concatenate([np.load(path) for path in bucket_paths])
+                chunk["user"], chunk["item"] = new_user[chunk["user"]], new_item[chunk["item"]]
                 split = chunk["split"] if has_split else _user_split(chunk, seed)
                 writer.add_interactions(pa.table({
                     "user_id": chunk["user"], "item_id": chunk["item"], "rating": chunk["rating"],
@@ -204,7 +222,8 @@ def prepare_parquet(interactions: str, item_features: dict[str, str], out: str, 
             writer.add_id_map("item", np.asarray(items.names, dtype=object)[keep_i])
             manifest = writer.commit({"source": {"format": "parquet", "interactions": interactions,
                                                  "features": dict(item_features), "k_core": k_core,
-                                                 "split": "given" if has_split else f"per-user 80/10/10, seed {seed}"}})
+                                                 "split": "given" if has_split else f"per-user 80/10/10, seed {seed}",
+                                                 "duplicates_collapsed": duplicates}})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     logger.info("prepared %s in %.1f s", out, time.perf_counter() - t0)
