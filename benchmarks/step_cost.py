@@ -114,7 +114,8 @@ def run_dist(root: str, items: int, model: str, batch: int, steps: int, workers:
              runtime_env={"env_vars": {"DGLBACKEND": "pytorch"}})
     try:
         summary = fit(config, os.path.join(root, f"parts{items}-{workers}", "bench.json"),
-                      os.path.join(root, f"run-dist{workers}-{model}-gb{int(graphbolt)}"), graph_name="bench",
+                      # one run directory per size: Ray Train resumes from any checkpoint already there
+                      os.path.join(root, f"run{items}-dist{workers}-{model}-gb{int(graphbolt)}"), graph_name="bench",
                       knn_fanouts=(10, 5))
     finally:
         ray.shutdown()
@@ -177,6 +178,7 @@ def main() -> int:
     p.add_argument("--parts", type=int, nargs="+", default=[1, 2])
     p.add_argument("--out", default=OUT)
     p.add_argument("--report", action="store_true", help="write the table and plot from --out")
+    p.add_argument("--append", action="store_true", help="add these runs to those already in --out")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--model", default="recgoat", help=argparse.SUPPRESS)
@@ -200,10 +202,13 @@ def main() -> int:
                 path = os.path.join(args.root, name)
                 if name == f"graph{items}.bin":
                     os.remove(path)
-                elif name.startswith(f"parts{items}-"):
+                elif name.startswith(f"parts{items}-") or name.startswith(f"run{items}-"):
                     shutil.rmtree(path)
     finally:
         shutil.rmtree(args.root, ignore_errors=True)
+    if args.append and os.path.exists(args.out):
+        with open(args.out) as fh:
+            runs = json.load(fh)["runs"] + runs
     result = {"batch": args.batch, "steps": args.steps, "fanouts": [10], "cpus": os.cpu_count(),
               "omp_threads": os.environ.get("OMP_NUM_THREADS"), "platform": platform.platform(), "runs": runs}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
