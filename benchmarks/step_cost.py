@@ -35,7 +35,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 os.environ.setdefault("DGLBACKEND", "pytorch")
-OUT = os.path.join(HERE, "out", "step_cost.json")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")        # as `recgoat` sets it (recgoat_dist/cli.py)
+OUT = os.path.join(HERE, "step_cost.json")
 
 
 def peak_rss_mb() -> float:
@@ -111,7 +112,8 @@ def run_dist(root: str, items: int, model: str, batch: int, steps: int, workers:
     config = bench_config(model, batch, steps, workers, graphbolt)
     ray.init(num_cpus=workers + 1, include_dashboard=None, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", _temp_dir=os.path.join(root, f"ray{workers}"),
-             runtime_env={"env_vars": {"DGLBACKEND": "pytorch"}})
+             runtime_env={"env_vars": {"DGLBACKEND": "pytorch",
+                                       "THP_MEM_ALLOC_ENABLE": os.environ["THP_MEM_ALLOC_ENABLE"]}})
     try:
         summary = fit(config, os.path.join(root, f"parts{items}-{workers}", "bench.json"),
                       # one run directory per size: Ray Train resumes from any checkpoint already there
@@ -210,6 +212,7 @@ def main() -> int:
         with open(args.out) as fh:
             runs = json.load(fh)["runs"] + runs
     result = {"batch": args.batch, "steps": args.steps, "fanouts": [10], "cpus": os.cpu_count(),
+              "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
               "omp_threads": os.environ.get("OMP_NUM_THREADS"), "platform": platform.platform(), "runs": runs}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:

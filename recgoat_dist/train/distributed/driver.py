@@ -105,7 +105,7 @@ def ensure_ray(config: Config) -> bool:
     if ray.is_initialized():
         return False
     address = config.cluster.address or os.environ.get("RAY_ADDRESS")
-    env = {"DGLBACKEND": "pytorch"}
+    env = {"DGLBACKEND": "pytorch", "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "1")}
     if address:
         ray.init(address=address, runtime_env={"env_vars": env})
         return True
