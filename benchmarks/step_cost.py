@@ -113,6 +113,7 @@ def run_dist(root: str, items: int, model: str, batch: int, steps: int, workers:
     ray.init(num_cpus=workers + 1, include_dashboard=None, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", _temp_dir=os.path.join(root, f"ray{workers}"),
              runtime_env={"env_vars": {"DGLBACKEND": "pytorch",
+                                       # the sweep measures both settings: see RESULTS
                                        "THP_MEM_ALLOC_ENABLE": os.environ["THP_MEM_ALLOC_ENABLE"]}})
     try:
         summary = fit(config, os.path.join(root, f"parts{items}-{workers}", "bench.json"),

@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     # PyTorch's CPU allocator then asks for huge pages for large tensors: the ID, history and
     # feature tables that sampled steps gather rows from at random. Measured at 800k items, one
-    # process: 0.308 -> 0.266 s per step (benchmarks/RESULTS.md, step cost). Read once, before
-    # torch's first allocation.
+    # process: 0.301 -> 0.218 s per step, same peak RSS (benchmarks/RESULTS.md, step cost). Ray
+    # workers turn it off (driver.ensure_ray). Read once, before torch's first allocation.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)

@@ -105,7 +105,9 @@ def ensure_ray(config: Config) -> bool:
     if ray.is_initialized():
         return False
     address = config.cluster.address or os.environ.get("RAY_ADDRESS")
-    env = {"DGLBACKEND": "pytorch", "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "1")}
+    # Huge pages sped one process up (recgoat_dist/cli.py) but not the workers, whose peak RSS
+    # they raised from 9.8 to 17.3 GB at 800k items (benchmarks/RESULTS.md, step cost): off there.
+    env = {"DGLBACKEND": "pytorch", "THP_MEM_ALLOC_ENABLE": "0"}
     if address:
         ray.init(address=address, runtime_env={"env_vars": env})
         return True
