@@ -14,17 +14,9 @@ import time
 from typing import Callable, Optional
 
 from recgoat_dist.config import Config, load_config
-from recgoat_dist.storage import Artifact, StorageError, absolute, join
+from recgoat_dist.storage import absolute, join, published
 
 logger = logging.getLogger(__name__)
-
-
-def _published(url: str, kind: str) -> bool:
-    try:
-        Artifact(url, kind=kind)
-        return True
-    except StorageError:
-        return False
 
 
 def ensure_inputs(config: Config, workdir: str) -> Config:
@@ -33,7 +25,7 @@ def ensure_inputs(config: Config, workdir: str) -> Config:
     data = config.data
     if not data.dataset:
         data.dataset = join(workdir, "data")
-        if _published(data.dataset, "dataset"):
+        if published(data.dataset, "dataset"):
             logger.info("reusing dataset at %s", data.dataset)
         else:
             from recgoat_dist.data.synthetic import generate_synthetic
@@ -44,7 +36,7 @@ def ensure_inputs(config: Config, workdir: str) -> Config:
                         data.synthetic_items, time.perf_counter() - start)
     if not data.graph and not data.partitions:
         data.graph = join(workdir, "graph")
-        if _published(data.graph, "graph"):
+        if published(data.graph, "graph"):
             logger.info("reusing graph at %s", data.graph)
         else:
             from recgoat_dist.graph import build_graph
@@ -88,7 +80,7 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"dataset: {info['num_users']} users, {info['num_items']} items, {info['num_interactions']} "
           f"interactions {info['splits']}, modalities {sorted(info['modalities'])}")
     run_url = join(args.out, "run")
-    if _published(run_url, "run"):
+    if published(run_url, "run"):
         raise ValueError(f"{run_url}: a finished demo run exists; remove {args.out} or pass another --out")
     metrics = train(config, run_url)
     print(print_metrics_table(metrics))

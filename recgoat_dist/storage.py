@@ -376,3 +376,12 @@ class Artifact:
             raise StorageError(f"{join(self.url, rel)}: checksum mismatch (SHA-256 differs from the manifest)")
         os.replace(tmp, local_path)
         return local_path
+
+
+def published(url: str, kind: str) -> bool:
+    """Whether a complete artifact of ``kind`` is at ``url`` (manifest present and readable)."""
+    try:
+        Artifact(url, kind=kind)
+        return True
+    except StorageError:
+        return False

@@ -28,8 +28,8 @@ from typing import Optional
 from recgoat_dist.config import Config
 from recgoat_dist.data.dataset import DataError, Dataset
 from recgoat_dist.nightly.registry import VERSION_KIND, Registry
-from recgoat_dist.storage import Artifact, ArtifactWriter, StorageError, absolute, filesystem, join, read_bytes, \
-    sha256_bytes
+from recgoat_dist.storage import (ArtifactWriter, absolute, filesystem, join, published, read_bytes,
+                                  sha256_bytes)
 
 logger = logging.getLogger(__name__)
 EXIT = {"promoted": 0, "noop": 0, "rejected": 3, "bad_input": 2}
@@ -52,14 +52,6 @@ class Outcome:
 def _fault(config: Config, step: str) -> None:
     if config.nightly.fault == step:
         raise InjectedFault(f"nightly.fault={step}: stopping after step {step}")
-
-
-def _published(url: str, kind: str) -> bool:
-    try:
-        Artifact(url, kind=kind)
-        return True
-    except StorageError:
-        return False
 
 
 def code_version() -> str:
@@ -115,7 +107,7 @@ def _build_candidate(config: Config, reg: Registry, date: str, ds_url: str, grap
     run_url, export_url = join(vurl, "run"), join(vurl, "export")
     cfg = _train_config(config, ds_url, graph_url, epochs)
     train_seconds = train_cpu = None
-    if not _published(run_url, "run"):
+    if not published(run_url, "run"):
         warm = None
         if champion is not None:
             from recgoat_dist.nightly.warmstart import warm_start_state
@@ -129,7 +121,7 @@ def _build_candidate(config: Config, reg: Registry, date: str, ds_url: str, grap
         train_seconds = round(time.perf_counter() - start, 3)
         train_cpu = round(time.process_time() - cpu, 3)       # robust to other load on a shared machine
     _fault(config, "train")
-    if not _published(export_url, "export"):
+    if not published(export_url, "export"):
         export_run(run_url, export_url, top_k=config.nightly.export_top_k, overwrite=True)
     scores = score(ds_url, export_url, join(champion["url"], "export") if champion else None)
     decision, reason, metrics = decide(scores, config.nightly.gate)
@@ -212,7 +204,7 @@ def init_registry(config: Config, dataset_url: str, date: Optional[str] = None) 
 def _init_parts(config, reg, date, dataset_url, build_nightly_graph):
     Dataset(dataset_url)               # a published canonical dataset, or a clear error
     graph_url = join(reg.version_url(date), "graph")
-    if not _published(graph_url, "graph"):
+    if not published(graph_url, "graph"):
         build_nightly_graph(dataset_url, graph_url, config.graph.knn_k, config.graph.user_knn_k,
                             approx_above=config.graph.approx_above)
     _fault(config, "graph")
@@ -273,7 +265,7 @@ def _night_parts(config: Config, reg: Registry, date: str):
     vurl = reg.version_url(date)
     ds_url, graph_url = join(vurl, "dataset"), join(vurl, "graph")
     n = config.nightly
-    if not _published(ds_url, "dataset"):
+    if not published(ds_url, "dataset"):
         recent = [v for v in versions if v["lineage"].get("parent_version")][-n.volume_nights:]
         counts = [Dataset(v["parts"]["dataset"]).manifest["nightly"]["delta"]["interactions"] for v in recent]
         try:
@@ -285,7 +277,7 @@ def _night_parts(config: Config, reg: Registry, date: str):
             raise
         build_version_dataset(parent["parts"]["dataset"], delta, ds_url, n)
     _fault(config, "dataset")
-    if not _published(graph_url, "graph"):
+    if not published(graph_url, "graph"):
         nights = sum(1 for v in versions if v["lineage"].get("parent_version")) + 1
         full = nights % n.full_rebuild_every == 0
         changed = Dataset(ds_url).manifest["nightly"].get("changed_content", {})

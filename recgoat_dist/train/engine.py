@@ -1,10 +1,11 @@
 """The single-process engine: a local DGL heterograph and the model's own tables, on one device.
 
 ``full`` propagation keeps dense ID tables and one Adam (MMRec's LightGCN setting). ``sampled``
-keeps the ID tables as sparse-gradient embeddings updated row-wise (:class:`.row_adam.RowAdam`, the
-rule of DGL's ``SparseAdam`` that the distributed engine uses), so neither the forward pass nor the optimiser step touches
-rows outside the batch's neighbourhood, and LightGCN's deeper layers read the historical tables of
-the last layer-wise inference (refreshed every ``train.refresh_every`` steps and at each epoch).
+keeps the ID tables as sparse-gradient embeddings updated row-wise (:class:`.row_adam.RowAdam`,
+the rule of DGL's ``SparseAdam`` that the distributed engine uses), so neither the forward pass
+nor the optimiser step touches rows outside the batch's neighbourhood, and LightGCN's deeper
+layers read the historical tables of the last layer-wise inference (refreshed every
+``train.refresh_every`` steps and at each epoch).
 """
 from __future__ import annotations
 
@@ -132,7 +133,8 @@ class LocalEngine:
         for opt in self.optimizers.values():
             opt.zero_grad()
         if self.propagation == "full":
-            out = self.model.loss(self.full_forward(), *(torch.from_numpy(a).to(self.device) for a in (users, pos, neg)))
+            batch = (torch.from_numpy(a).to(self.device) for a in (users, pos, neg))
+            out = self.model.loss(self.full_forward(), *batch)
             total, parts = out.total, out.parts
             inputs = {"user": self.inputs.num_users, "item": self.inputs.num_items}
             seeds = inputs["user"] + inputs["item"]
