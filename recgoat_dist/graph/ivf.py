@@ -49,6 +49,24 @@ def search(index, x: np.ndarray, queries: np.ndarray, k: int, block: int = 1 << 
     return out_i, out_v
 
 
+def tune_nprobe(ivf, index, x: np.ndarray, tune_rows: np.ndarray, k: int, nlist: int,
+                target_recall: float) -> tuple[int, dict[str, float]]:
+    """The smallest power-of-two ``nprobe`` (set on ``ivf``, searched through ``index``) whose
+    recall@k against exact search on ``tune_rows`` reaches ``target_recall``, and the curve."""
+    from recgoat_dist.graph.knn import exact_topk, recall_at_k
+
+    exact_i, exact_v = exact_topk(x, k, tune_rows)
+    curve: dict[str, float] = {}
+    nprobe = 1
+    while True:
+        ivf.nprobe = nprobe
+        approx_i, approx_v = search(index, x, tune_rows, k)
+        curve[str(nprobe)] = round(recall_at_k(approx_i, approx_v, exact_i, exact_v), 4)
+        if curve[str(nprobe)] >= target_recall or nprobe >= nlist:
+            return nprobe, curve
+        nprobe = min(nlist, nprobe * 2)
+
+
 def ivf_topk(x: np.ndarray, k: int, extra: int, *, tune_rows: np.ndarray, target_recall: float = 0.95,
              nlist: int | None = None, max_train: int = 100, seed: int = 0) -> tuple[np.ndarray, dict]:
     """``k + extra`` approximate neighbour candidates (self excluded) of every row of ``x``.
@@ -60,7 +78,7 @@ def ivf_topk(x: np.ndarray, k: int, extra: int, *, tune_rows: np.ndarray, target
     """
     import faiss
 
-    from recgoat_dist.graph.knn import exact_topk, recall_at_k
+    from recgoat_dist.graph.knn import exact_topk
 
     n, d = x.shape
     width = k + extra
@@ -76,16 +94,7 @@ def ivf_topk(x: np.ndarray, k: int, extra: int, *, tune_rows: np.ndarray, target
     t_build = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    exact_i, exact_v = exact_topk(x, k, tune_rows)
-    curve: dict[str, float] = {}
-    nprobe = 1
-    while True:
-        index.nprobe = nprobe
-        approx_i, approx_v = search(index, x, tune_rows, k)
-        curve[str(nprobe)] = round(recall_at_k(approx_i, approx_v, exact_i, exact_v), 4)
-        if curve[str(nprobe)] >= target_recall or nprobe >= nlist:
-            break
-        nprobe = min(nlist, nprobe * 2)
+    nprobe, curve = tune_nprobe(index, index, x, tune_rows, k, nlist, target_recall)
     t_tune = time.perf_counter() - t0
     logger.info("faiss IVF: %d rows, nlist=%d, nprobe=%d (tuning recall@%d %s)", n, nlist, nprobe, k, curve)
 

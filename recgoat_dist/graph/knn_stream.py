@@ -140,7 +140,7 @@ def stream_knn(read_blocks: Callable[[], Iterator[np.ndarray]], n: int, d: int, 
     to ``write_edges(src, dst, weight)`` in ``(src, dst)`` order; returns the graph's info."""
     import faiss
 
-    from recgoat_dist.graph.ivf import search
+    from recgoat_dist.graph.ivf import search, tune_nprobe
     from recgoat_dist.graph.knn import MARGIN, exact_topk, recall_at_k
 
     if n < 2 or k < 1:
@@ -170,15 +170,7 @@ def stream_knn(read_blocks: Callable[[], Iterator[np.ndarray]], n: int, d: int, 
         if len(eval_rows) == 0:
             eval_rows = tune_rows
         t2 = time.perf_counter()
-        exact_i, exact_v = exact_topk(x, k, tune_rows)
-        curve, nprobe = {}, 1
-        while True:
-            ivf.nprobe = nprobe
-            approx_i, approx_v = search(index, x, tune_rows, k)
-            curve[str(nprobe)] = round(recall_at_k(approx_i, approx_v, exact_i, exact_v), 4)
-            if curve[str(nprobe)] >= target_recall or nprobe >= nlist:
-                break
-            nprobe = min(nlist, 2 * nprobe)
+        nprobe, curve = tune_nprobe(ivf, index, x, tune_rows, k, nlist, target_recall)
         t_tune = time.perf_counter() - t2
         logger.info("knn index %s: nprobe=%d (tuning recall@%d %s)", spec, nprobe, k, curve)
 

@@ -31,6 +31,13 @@ def plot_history(history: list[dict], best_epoch: int | None, title: str = "") -
     ax_val.set_title("validation")
     ax_val.legend()
     fig.suptitle(title)
+    return png_bytes(fig)
+
+
+def png_bytes(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (laid out, then closed)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -10,7 +10,6 @@ Layout under the output URL::
 """
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -98,11 +97,8 @@ def trials_plot(rows: list[dict], metric: str, best: dict, title: str) -> bytes:
     ax_best.set_ylabel(f"best valid {metric}")
     ax_best.set_title("best validation epoch per trial")
     fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    from recgoat_dist.train.report import png_bytes
+    return png_bytes(fig)
 
 
 def best_config(config: Config, best: dict) -> Config:
