@@ -90,7 +90,6 @@ class SeedBatch:
         self.user_pos, self.pos_pos, self.neg_pos = user_pos[:b], item_pos[:b], item_pos[b:2 * b]
         self.landmark_pos = item_pos[2 * b:] if landmark_items is not None else None
         self.user_landmark_pos = user_pos[b:] if landmark_users is not None else None
-        self.num_edges = b
 
     @property
     def seeds(self) -> dict:
