@@ -86,6 +86,23 @@ def test_each_worker_trains_its_own_partition_and_dense_params_stay_in_sync(tiny
     assert not glob.glob("/dev/shm/rg*-m*"), "shared-memory segments left behind"
 
 
+def test_graphbolt_servers_train_every_edge_once(local_ray, tmp_path):
+    """``cluster.graphbolt``: the servers convert their partitions and sample with GraphBolt; the
+    workers still train each partition's own edges (read as its items' in-edges) and nothing else."""
+    from recgoat_dist.train.distributed import fit
+
+    part_config, total = tiny_partitions(str(tmp_path / "parts"), 2)
+    summary = fit(tiny_config(**{"cluster.graphbolt": "true", "train.epochs": 2}), part_config,
+                  str(tmp_path / "run"), graph_name="tiny")
+    workers = sorted(summary["workers"], key=lambda w: w["rank"])
+    assert sum(w["training_edges"] for w in workers) == total
+    ranges = sorted(w["training_edge_range"] for w in workers)
+    assert ranges[0][1] <= ranges[1][0], "two workers trained the same edge"
+    assert summary["epochs_run"] == 2 and summary["dense_params_in_sync"] is True
+    assert np.isfinite([h["train"]["loss"] for h in summary["history"]]).all()
+    assert all(w["server"]["graphbolt"] for w in workers), "the servers did not serve GraphBolt partitions"
+
+
 def test_killed_worker_restarts_from_s3_checkpoint_and_finishes(tiny, s3_url):
     """SIGKILL one worker mid-epoch 1: the group restarts from epoch 0's checkpoint (on S3)."""
     import fsspec

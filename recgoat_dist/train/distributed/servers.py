@@ -26,7 +26,7 @@ from typing import Any, Optional
 
 import ray
 
-from recgoat_dist.train.distributed import shim
+from recgoat_dist.train.distributed import frontier, shim
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class GraphServer:
         self._done = False
         self._workdir = tempfile.mkdtemp(prefix="recgoat-dglserver-")
         self._graph_name: Optional[str] = None
+        self._graphbolt = False
 
     def address(self) -> tuple[str, int]:
         ip = _node_ip()
@@ -110,6 +111,7 @@ class GraphServer:
             self._graph_name = json.load(fh)["graph_name"]
         if graphbolt:
             part_config = graphbolt_partition(part_config, server_id, self._workdir)
+        self._graphbolt = graphbolt
         rpc.reset()
         self._server = dgl.distributed.DistGraphServer(
             server_id, ip_config, 1, num_clients, part_config, disable_shared_mem=False,
@@ -129,7 +131,7 @@ class GraphServer:
 
     def status(self) -> dict:
         return {"done": self._done, "error": self._error, "pid": os.getpid(),
-                "peak_rss_mb": _peak_rss_mb()}
+                "peak_rss_mb": _peak_rss_mb(), "graphbolt": self._graphbolt}
 
     def wait(self, timeout: float) -> dict:
         if self._thread is not None:
@@ -212,6 +214,7 @@ def connect(partitions: str, graph_name: str, token: Optional[str] = None, graph
     import dgl.distributed
     workdir = tempfile.mkdtemp(prefix="recgoat-dglclient-")
     dgl.distributed.initialize(_write_ip_config(addresses, workdir), use_graphbolt=graphbolt)
+    frontier.install()
     graph = dgl.distributed.DistGraph(graph_name)
     return GraphService(graph=graph, partition=rank, num_partitions=world,
                         shared_host=shared_host, token=token, server=actor, group=group)
