@@ -14,7 +14,9 @@
 # Re-running skips finished runs and resumes interrupted ones (train --resume). Runs are niced.
 # Variants (each one file, at most one key changed):
 #   lightgcn          MMRec's LightGCN setting (3 layers, 64-d, lr 1e-3, reg 1e-4, batch 2048)
-#   lightgcn_tuned    LightGCN with configs/office.yaml's setting (same budget; ID only: knn_refines=content)
+#   lightgcn_tuned    LightGCN with configs/office.yaml's setting (same file; ID only: knn_refines=content)
+#   lightgcn_best     LightGCN at its own best point (validation) of the batch/lr sweep RecGOAT had:
+#                     office.yaml with batch 4096, lr 5e-3 (LIGHTGCN_BEST_SETS)
 #   recgoat           configs/office.yaml
 #   recgoat_content   configs/office.yaml with model.knn_refines=content (the KNN graphs refine the content only)
 #   no_oat, no_cmcl, no_gat   configs/office.yaml with that part removed
@@ -26,11 +28,12 @@ OFFICE=${OFFICE:-$(cd "$REPO/../shared/data/office" && pwd)}
 WORK=${WORK:-${TMPDIR:-/tmp}/recgoat-bench-office}
 DATASET=${DATASET:-$WORK/dataset}
 GRAPH=${GRAPH:-$WORK/graph}
-VARIANTS=${VARIANTS:-"lightgcn lightgcn_tuned recgoat recgoat_content no_oat no_cmcl default_lightgcn default_recgoat"}
+VARIANTS=${VARIANTS:-"lightgcn lightgcn_tuned lightgcn_best recgoat recgoat_content no_oat no_cmcl default_lightgcn default_recgoat"}
 SEEDS=${SEEDS:-"0 1 2"}
 JOBS=${JOBS:-1}
 PY=${PY:-$REPO/.venv/bin/python}
 LIGHTGCN_SETS=${LIGHTGCN_SETS:-"model.n_layers=3 model.dim=64 train.lr=0.001 model.reg_weight=0.0001 train.batch_size=2048"}
+LIGHTGCN_BEST_SETS=${LIGHTGCN_BEST_SETS:-"train.batch_size=4096 train.lr=0.005"}
 export DGLBACKEND=pytorch HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 recgoat() { nice -n 10 "$PY" -m recgoat_dist "$@"; }
@@ -50,6 +53,8 @@ train_one() {   # variant seed
     lightgcn) sets+=(--set model.name=lightgcn --set model.knn_refines=content)
               for s in $LIGHTGCN_SETS; do sets+=(--set "$s"); done ;;
     lightgcn_tuned) sets+=(--set model.name=lightgcn --set model.knn_refines=content) ;;
+    lightgcn_best) sets+=(--set model.name=lightgcn --set model.knn_refines=content)
+                   for s in $LIGHTGCN_BEST_SETS; do sets+=(--set "$s"); done ;;
     recgoat) ;;
     recgoat_content) sets+=(--set model.knn_refines=content) ;;
     no_oat|no_cmcl|no_gat|no_user_graph) sets+=(--set model.name="$variant") ;;
@@ -64,10 +69,10 @@ train_one() {   # variant seed
     > "$WORK/logs/$variant-seed$seed.log" 2>&1
 }
 export -f train_one recgoat
-export REPO WORK PY LIGHTGCN_SETS EXTRA_SETS DATASET GRAPH
+export REPO WORK PY LIGHTGCN_SETS LIGHTGCN_BEST_SETS EXTRA_SETS DATASET GRAPH
 
 for seed in $SEEDS; do for variant in $VARIANTS; do echo "$variant $seed"; done; done |
   xargs -P "$JOBS" -n 2 bash -c 'train_one "$0" "$1"'
 
 "$PY" "$REPO/benchmarks/accuracy_table.py" --dataset office --runs "$WORK/runs" --results "$REPO/benchmarks/RESULTS.md" \
-  --command "VARIANTS=\"$VARIANTS\" SEEDS=\"$SEEDS\" benchmarks/accuracy_office.sh"
+  --time-epochs "${TIME_EPOCHS:-5}" --command "VARIANTS=\"$VARIANTS\" SEEDS=\"$SEEDS\" benchmarks/accuracy_office.sh"
