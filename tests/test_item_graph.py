@@ -101,3 +101,24 @@ def test_a_sampled_epoch_draws_a_hop_per_item_graph_layer_and_trains_the_ego_row
     losses, cost = train_epoch(engine, 0)
     assert cost["propagation"] == "sampled" and np.isfinite(losses["loss"])
     assert not torch.equal(before, model.id.item.detach())
+
+
+@pytest.mark.parametrize("name, refines", [("default", "both"), ("office", "both"), ("lfm2k", "content")])
+def test_the_shipped_configs_load_and_say_what_the_knn_graphs_refine(name, refines):
+    from pathlib import Path
+
+    config = load_config(str(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml"))
+    assert config.model.knn_refines == refines and config.model.name == "recgoat"
+
+
+def test_default_config_runs_on_the_synthetic_default(small, tmp_path):
+    """configs/default.yaml as a new user runs it (item graph and content streams): one epoch, metrics."""
+    from pathlib import Path
+
+    from recgoat_dist.train.single import train_single
+
+    config = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml"),
+                         [f"data.graph={small}", "data.dataset=null", "train.epochs=1", "train.progress=false",
+                          "model.num_landmarks=32"])
+    metrics = train_single(config, str(tmp_path / "run"))
+    assert metrics["epochs_run"] == 1 and 0 <= metrics["valid"]["recall@20"] <= 1
