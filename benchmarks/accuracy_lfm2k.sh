@@ -12,7 +12,9 @@
 # Re-running skips finished runs and resumes interrupted ones (train --resume). Runs are niced.
 # The `lightgcn` variant uses MMRec's LightGCN setting (3 layers, 64-d, lr 1e-3, reg 1e-4, batch
 # 2048), the others configs/lfm2k.yaml (the tuned RecGOAT setting, ablations change one part);
-# `lightgcn_tuned` (optional, add it to VARIANTS) is LightGCN trained with that same setting.
+# `lightgcn_tuned` (optional, add it to VARIANTS) is LightGCN trained with that same setting (ID
+# only: model.knn_refines=content). Optional too: `recgoat_content` (lfm2k.yaml with the KNN graphs
+# refining the content streams only), `default_recgoat` / `default_lightgcn` (configs/default.yaml).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,14 +38,19 @@ fi
 [ -f "$WORK/graph/manifest.json" ] || recgoat graph --data "$WORK/dataset" --out "$WORK/graph" --overwrite
 
 train_one() {   # variant seed
-  local variant=$1 seed=$2 out="$WORK/runs/$1-seed$2" sets=()
+  local variant=$1 seed=$2 out="$WORK/runs/$1-seed$2" config="$REPO/configs/lfm2k.yaml" sets=()
   [ -f "$out/manifest.json" ] && { echo "done: $out"; return 0; }
   local model=$variant
-  if [ "$variant" = lightgcn ]; then for s in $LIGHTGCN_SETS; do sets+=(--set "$s"); done; fi
-  [ "$variant" = lightgcn_tuned ] && model=lightgcn      # LightGCN with RecGOAT's training setting
+  case "$variant" in
+    lightgcn) sets+=(--set model.knn_refines=content); for s in $LIGHTGCN_SETS; do sets+=(--set "$s"); done ;;
+    lightgcn_tuned) model=lightgcn; sets+=(--set model.knn_refines=content) ;;   # RecGOAT's training setting
+    recgoat_content) model=recgoat; sets+=(--set model.knn_refines=content) ;;
+    default_recgoat) model=recgoat; config="$REPO/configs/default.yaml" ;;
+    default_lightgcn) model=lightgcn; config="$REPO/configs/default.yaml"; sets+=(--set model.knn_refines=content) ;;
+  esac
   for s in ${EXTRA_SETS:-}; do sets+=(--set "$s"); done
   echo "train: $variant seed $seed -> $out"
-  recgoat train --config "$REPO/configs/lfm2k.yaml" --set data.dataset="$WORK/dataset" \
+  recgoat train --config "$config" --set data.dataset="$WORK/dataset" \
     --set data.graph="$WORK/graph" --set model.name="$model" --set train.seed="$seed" \
     --set train.progress=false "${sets[@]}" --resume --out "$out" > "$WORK/logs/$variant-seed$seed.log" 2>&1
 }

@@ -62,6 +62,12 @@ class ModelConfig:
     user_modality: Optional[str] = None  # user LM modality (default: "text", else the only one)
     cmcl_batch: int = 256              # CMCL on at most this many of a batch's items / users (0: all)
     ot_batch: int = 256                # Sinkhorn (OAT loss, potentials) on at most this many batch items
+    # What the modality KNN graphs refine: content (GAT of the content streams), id (a frozen
+    # mixed-mean item graph propagated over the item ID embeddings, added to LightGCN's items,
+    # as MMRec's FREEDOM does; content streams are then projections only) or both.
+    knn_refines: str = "content"       # content | id | both
+    item_graph_layers: int = 1         # id / both: propagations over the item graph
+    item_graph_weights: Optional[dict] = None   # id / both: {modality: weight} (default: equal; absent = 0)
 
 
 @dataclass
@@ -193,6 +199,7 @@ def parse_override(text: str) -> dict:
 
 CHOICES = {
     ("model", "name"): ("recgoat", "lightgcn", "no_oat", "no_cmcl", "no_gat", "no_user_graph"),
+    ("model", "knn_refines"): ("content", "id", "both"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "negatives"): ("train_items", "all"),
     ("train", "propagation"): ("auto", "full", "sampled"),
@@ -211,6 +218,7 @@ RANGES = {
     ("model", "temperature"): (0.0, True), ("model", "ot_eps"): (0.0, True),
     ("model", "num_landmarks"): (1, False), ("model", "user_lm_weight"): (0.0, False),
     ("model", "cmcl_batch"): (0, False), ("model", "ot_batch"): (0, False),
+    ("model", "item_graph_layers"): (1, False),
     ("train", "seed"): (0, False), ("train", "epochs"): (1, False), ("train", "patience"): (0, False),
     ("train", "batch_size"): (1, False), ("train", "lr"): (0.0, True), ("train", "weight_decay"): (0.0, False),
     ("train", "eval_every"): (1, False), ("train", "eval_user_block"): (1, False),
@@ -229,6 +237,23 @@ def _int_list(key: str, values, allow_all: bool = False) -> None:
     if not ok:
         extra = " (or -1 for every neighbour)" if allow_all else ""
         raise ConfigError(f"config key {key}: expected a non-empty list of positive integers{extra}, got {values!r}")
+
+
+def _check_item_graph(config: Config) -> None:
+    m = config.model
+    weights = m.item_graph_weights
+    if weights is not None and (not isinstance(weights, dict) or not weights or not all(
+            isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+            for k, v in weights.items()) or not sum(weights.values()) > 0):
+        raise ConfigError(f"config key model.item_graph_weights: expected {{modality: weight >= 0}} with a "
+                          f"positive sum, got {weights!r}")
+    # Distributed workers sample max(len(train.fanouts), model.gat_layers) hops (train/distributed):
+    # an item graph deeper than that would have no block to run on.
+    hops = max(len(config.train.fanouts), m.gat_layers, 1)
+    if config.cluster.num_workers >= 1 and m.knn_refines != "content" and m.item_graph_layers > hops:
+        raise ConfigError(f"config key model.item_graph_layers: distributed workers sample {hops} hop(s) "
+                          f"(max of len(train.fanouts) and model.gat_layers); use at most that many item-graph "
+                          f"layers or list more train.fanouts")
 
 
 def validate(config: Config) -> Config:
@@ -252,6 +277,7 @@ def validate(config: Config) -> Config:
                           f"{modalities!r}")
     _int_list("train.topk", config.train.topk)
     _int_list("train.fanouts", config.train.fanouts, allow_all=True)
+    _check_item_graph(config)
     topk = config.train.topk
     metric, _, k = config.train.valid_metric.partition("@")
     if metric not in ("recall", "ndcg", "precision", "map") or not k.isdigit() or int(k) not in topk:

@@ -39,11 +39,14 @@ def full_forward(model, inputs):
     return reps
 
 
-@pytest.mark.parametrize("name", sorted(VARIANTS))
-def test_layerwise_inference_equals_the_full_forward(small, name):
+@pytest.mark.parametrize("name, refines", [(n, "content") for n in sorted(VARIANTS)]
+                         + [("recgoat", "id"), ("recgoat", "both"), ("lightgcn", "id"), ("no_oat", "both")])
+def test_layerwise_inference_equals_the_full_forward(small, name, refines):
     """The model's per-hop inference (evaluation, distributed evaluation and export all use it)
-    gives the full-graph forward's vectors within 1e-5, for every variant."""
-    config = config_for(small, f"model.name={name}", "model.gat_layers=2")
+    gives the full-graph forward's vectors within 1e-5, for every variant and for each thing the
+    KNN graphs may refine (the item graph over the ID embeddings with 2 layers: hops beyond 1)."""
+    config = config_for(small, f"model.name={name}", "model.gat_layers=2", f"model.knn_refines={refines}",
+                        "model.item_graph_layers=2")
     inputs = load_inputs(config)
     torch.manual_seed(0)
     model = build_model(config.model, **model_meta(inputs)).eval()
@@ -57,14 +60,16 @@ def test_layerwise_inference_equals_the_full_forward(small, name):
     assert torch.allclose(items, items_full, atol=1e-5), (items - items_full).abs().max()
 
 
-def test_history_with_every_neighbour_reproduces_the_full_forward(small):
+@pytest.mark.parametrize("refines", ["content", "both"])
+def test_history_with_every_neighbour_reproduces_the_full_forward(small, refines):
     """Sampled propagation: 1 exact hop with every neighbour, LightGCN layers 2-3 from the
-    historical tables of a fresh layer-wise inference == the full forward, for any seeds."""
+    historical tables of a fresh layer-wise inference == the full forward, for any seeds (with
+    ``both``, the item graph's one layer runs on the sampled KNN edges of that hop)."""
     import dgl
 
     from recgoat_dist.train.steps import attach_degrees
 
-    config = config_for(small, "model.name=recgoat")
+    config = config_for(small, "model.name=recgoat", f"model.knn_refines={refines}")
     inputs = load_inputs(config)
     torch.manual_seed(0)
     model = build_model(config.model, **model_meta(inputs)).eval()

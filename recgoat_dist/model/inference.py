@@ -22,6 +22,7 @@ import torch
 
 NTYPES = ("user", "item")
 USER_STREAM = "__user"          # stream key of the user LM stream (item streams use the modality)
+ITEM_GRAPH = "__item_graph"     # key of the item-graph layers 1..L over the ID embeddings (layer 0: id[0])
 
 
 def content_streams(model) -> dict:
@@ -37,14 +38,18 @@ class LayerTables:
     """Per-hop representation tables: anything indexable as ``t[ids]`` / ``t[ids] = rows``."""
 
     id: list          # id[k][ntype]: LightGCN layer k, k = 0..n_layers
-    streams: dict     # key -> [projection, GAT layer 1, ...] (rows of the stream's node type)
+    streams: dict     # key -> [projection, GAT layer 1, ...] (rows of the stream's node type);
+                      # ITEM_GRAPH -> [item-graph layer 1, ..., L] (item rows), when the model has one
 
     @classmethod
     def allocate(cls, model, make: Callable[[str, str], Any]) -> "LayerTables":
         """``make(name, ntype)`` creates one (num_nodes(ntype), dim) table."""
+        streams = {key: [make(f"{key}{k}", s.ntype) for k in range(len(s.gats) + 1)]
+                   for key, s in content_streams(model).items()}
+        if model.item_graph is not None:
+            streams[ITEM_GRAPH] = [make(f"{ITEM_GRAPH}{k}", "item") for k in range(1, model.item_graph.layers + 1)]
         return cls(id=[{nt: make(f"id{k}_{nt}", nt) for nt in NTYPES} for k in range(model.id.n_layers + 1)],
-                   streams={key: [make(f"{key}{k}", s.ntype) for k in range(len(s.gats) + 1)]
-                            for key, s in content_streams(model).items()})
+                   streams=streams)
 
     def history(self, layer: int, ntype: str, ids: torch.Tensor) -> torch.Tensor:
         """LightGCN layer ``layer`` of nodes ``ids``: what sampled propagation reads."""
@@ -79,7 +84,8 @@ def layerwise_inference(model, tables: LayerTables, nodes: Mapping[str, torch.Te
     for key, s in streams.items():
         for b in _batches(nodes[s.ntype], batch_size):
             tables.streams[key][0][b] = s.project(features(s.ntype, key, b))
-    depth = max([model.id.n_layers] + [len(s.gats) for s in streams.values()])
+    item_graph = model.item_graph
+    depth = max([model.id.n_layers, model.knn_hops] + [len(s.gats) for s in streams.values()])
     for k in range(1, depth + 1):
         sync()
         for nt in NTYPES:
@@ -93,6 +99,9 @@ def layerwise_inference(model, tables: LayerTables, nodes: Mapping[str, torch.Te
                     if s.ntype == nt and k <= len(s.gats):
                         h_src = tables.streams[key][k - 1][src[nt]]
                         tables.streams[key][k][b] = s.hop(k - 1, block[s.etype], h_src, h_src[:len(b)])
+                if nt == "item" and item_graph is not None and k <= item_graph.layers:
+                    previous = tables.id[0]["item"] if k == 1 else tables.streams[ITEM_GRAPH][k - 2]
+                    tables.streams[ITEM_GRAPH][k - 1][b] = item_graph.hop(block, previous[src["item"]])
     sync()
     model.train(was_training)
 
@@ -108,10 +117,18 @@ def full_representations(tables: LayerTables, pull: Callable, with_streams: bool
     def mean_id(nt):
         return lambda ids: sum(layer[nt][ids] for layer in tables.id) / len(tables.id)
 
-    user_id, item_id = pull(mean_id("user"), "user"), pull(mean_id("item"), "item")
+    def item_rows(ids):
+        rows = mean_id("item")(ids)
+        if ITEM_GRAPH in tables.streams:       # the ID representation includes the item graph's h^(L)
+            rows = rows + tables.streams[ITEM_GRAPH][-1][ids]
+        return rows
+
+    user_id, item_id = pull(mean_id("user"), "user"), pull(item_rows, "item")
     reps = Representations(user_id, item_id, user_id, item_id)
     if with_streams:
         for key, hops in tables.streams.items():
+            if key == ITEM_GRAPH:
+                continue
             rows = pull(lambda ids, t=hops[-1]: t[ids], "user" if key == USER_STREAM else "item")
             if key == USER_STREAM:
                 reps.user_lm = rows

@@ -86,7 +86,8 @@ class LightGCN(nn.Module):
         return out
 
     def forward(self, blocks: Sequence[dgl.DGLGraph], input_nodes: Mapping[str, torch.Tensor],
-                history: Optional[Callable[[int, str, torch.Tensor], torch.Tensor]] = None
+                history: Optional[Callable[[int, str, torch.Tensor], torch.Tensor]] = None,
+                ego_inputs: Optional[Mapping[str, torch.Tensor]] = None
                 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``(final, ego)`` per node type for the output nodes of the last block.
 
@@ -94,12 +95,13 @@ class LightGCN(nn.Module):
         propagation over the last block of ``history(k - 1, ntype, node_ids)``: the historical
         (detached) layer ``k-1`` representations of its source nodes, from the last layer-wise
         inference. Gradients then reach the ego rows through the exact (sampled) layers only.
+        ``ego_inputs``: ``self.ego(input_nodes)`` when the caller already looked the rows up.
         """
         exact = min(self.n_layers, len(blocks))
         if exact < self.n_layers and history is None:
             raise ValueError(f"LightGCN needs {self.n_layers} graphs/blocks or a history, got {len(blocks)}")
         n_out = {nt: blocks[-1].num_dst_nodes(nt) for nt in ("user", "item")}
-        h = self.ego(input_nodes)
+        h = dict(ego_inputs) if ego_inputs is not None else self.ego(input_nodes)
         ego = {nt: h[nt][:n_out[nt]] for nt in h}
         total = dict(ego)
         for block in blocks[len(blocks) - exact:] if exact else []:

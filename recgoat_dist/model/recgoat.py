@@ -1,6 +1,6 @@
 """RecGOAT: LightGCN ID stream + LM/content streams, aligned by CMCL and fused by optimal transport.
 
-    items:  e_i = lightgcn_i + sum_m gamma_m * T_m(gat_m(proj_m(x_i^m)))     (T_m: OAT transport)
+    items:  e_i = lightgcn_i [+ h_i] + sum_m gamma_m * T_m(gat_m(proj_m(x_i^m)))     (T_m: OAT transport)
     users:  e_u = lightgcn_u + w * T_u(gat_uu(proj_u(x_u^LM)))              (w: model.user_lm_weight)
     score:  s(u, i) = <e_u, e_i>
     loss:   BPR + reg_weight * L2(batch ego embeddings) + lambda_cmcl * CMCL + lambda_oat * OAT
@@ -13,6 +13,12 @@ indexes them with positions of the batch's users and items among the output node
 Transport (OAT) maps each content representation into the ID space: onto landmark *item* ID
 representations for item modalities, onto landmark *user* ID representations for the user LM
 stream, so both blends add vectors of the ID space (without OAT they are added as they are).
+
+What the modality KNN graphs refine (``model.knn_refines``): ``content`` (the GAT of each content
+stream runs on its KNN graph; the paper's default here), ``id`` (the graphs smooth the item ID
+embeddings, ``h_i`` above, see :mod:`.item_graph`; content streams are projections only) or
+``both``. ``h_i`` is part of the item's ID representation everywhere: scoring, CMCL's ID view and
+the OAT landmarks.
 
 Variants (``model.name``): ``recgoat``; ``lightgcn`` (ID stream only); ``no_oat`` (modality parts
 added with learned weights, no transport); ``no_cmcl``; ``no_gat`` (content streams without graph
@@ -27,6 +33,7 @@ import dgl
 import torch
 from torch import nn
 
+from recgoat_dist.model.item_graph import ItemGraph, mixing_weights
 from recgoat_dist.model.lightgcn import LightGCN, bpr_loss, embedding_l2
 from recgoat_dist.model.streams import FeatureStream
 
@@ -39,6 +46,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "no_gat":        dict(items=True, item_gat=False, user=True, user_gat=False, oat=True, cmcl=True),
     "no_user_graph": dict(items=True, item_gat=True, user=True, user_gat=False, oat=True, cmcl=True),
 }
+KNN_REFINES = ("content", "id", "both")       # what the modality KNN graphs refine
 
 
 @dataclass
@@ -68,11 +76,16 @@ class RecGOAT(nn.Module):
                  n_layers: int = 3, gat_layers: int = 1, gat_heads: int = 2, dropout: float = 0.0,
                  reg_weight: float = 1e-4, lambda_cmcl: float = 0.01, lambda_oat: float = 0.01,
                  temperature: float = 0.2, ot_eps: float = 0.1, num_landmarks: int = 256,
-                 user_lm_weight: float = 0.5, cmcl_batch: int = 256, ot_batch: int = 256):
+                 user_lm_weight: float = 0.5, cmcl_batch: int = 256, ot_batch: int = 256,
+                 knn_refines: str = "content", item_graph_layers: int = 1,
+                 item_graph_weights: Optional[Mapping[str, float]] = None):
         super().__init__()
         if name not in VARIANTS:
             raise ValueError(f"unknown model {name!r}; choose one of {sorted(VARIANTS)}")
+        if knn_refines not in KNN_REFINES:
+            raise ValueError(f"unknown knn_refines {knn_refines!r}; choose one of {KNN_REFINES}")
         self.name, self.flags = name, VARIANTS[name]
+        self.knn_refines = knn_refines
         self.num_users, self.num_items = num_users, num_items
         self.reg_weight, self.temperature = reg_weight, temperature
         self.lambda_cmcl = lambda_cmcl if self.flags["cmcl"] else 0.0
@@ -83,8 +96,14 @@ class RecGOAT(nn.Module):
         modalities = sorted(item_feature_dims) if self.flags["items"] else []
         self.item_streams = nn.ModuleDict({
             m: FeatureStream(item_feature_dims[m], dim, f"knn_{m}", "item",
-                             gat_layers if self.flags["item_gat"] else 0, gat_heads, dropout)
+                             gat_layers if self.flags["item_gat"] and knn_refines != "id" else 0,
+                             gat_heads, dropout)
             for m in modalities})
+        # The item graph needs only the KNN edges, not the features: LightGCN may use it too.
+        self.item_graph = None
+        if knn_refines != "content" and item_feature_dims:
+            self.item_graph = ItemGraph(mixing_weights(sorted(item_feature_dims), item_graph_weights),
+                                        item_graph_layers)
         self.user_stream = None
         if self.flags["user"] and user_feature_dim:
             self.user_stream = FeatureStream(user_feature_dim, dim, "uu", "user",
@@ -115,7 +134,13 @@ class RecGOAT(nn.Module):
     def num_graph_layers(self) -> int:
         """How many graphs/blocks ``forward`` needs."""
         streams = [s for s in (*self.item_streams.values(), self.user_stream) if s is not None]
-        return max([self.id.n_layers, 1] + [len(s.gats) for s in streams])
+        return max([self.id.n_layers, 1, self.knn_hops] + [len(s.gats) for s in streams])
+
+    @property
+    def knn_hops(self) -> int:
+        """Hops of the KNN graphs a forward needs: GAT layers of the item streams, item-graph layers."""
+        return max([len(s.gats) for s in self.item_streams.values()]
+                   + [self.item_graph.layers if self.item_graph is not None else 0, 0])
 
     def forward(self, blocks: Sequence[dgl.DGLGraph], input_nodes: Mapping[str, torch.Tensor],
                 item_feats: Mapping[str, torch.Tensor] | None = None,
@@ -124,7 +149,10 @@ class RecGOAT(nn.Module):
 
         ``history(layer, ntype, ids)``: historical LightGCN layers for the layers beyond the blocks
         (sampled propagation; see :meth:`LightGCN.forward`)."""
-        final, ego = self.id(blocks, input_nodes, history)
+        ego_inputs = self.id.ego(input_nodes)
+        final, ego = self.id(blocks, input_nodes, history, ego_inputs)
+        if self.item_graph is not None:
+            final["item"] = final["item"] + self.item_graph(blocks, ego_inputs["item"])
         reps = Representations(final["user"], final["item"], ego["user"], ego["item"])
         for m, stream in self.item_streams.items():
             reps.item_modal[m] = stream(blocks, item_feats[m])
@@ -330,4 +358,6 @@ def build_model(model_config, num_users: int, num_items: int, item_feature_dims:
                    n_layers=c.n_layers, gat_layers=c.gat_layers, gat_heads=c.gat_heads, dropout=c.dropout,
                    reg_weight=c.reg_weight, lambda_cmcl=c.lambda_cmcl, lambda_oat=c.lambda_oat,
                    temperature=c.temperature, ot_eps=c.ot_eps, num_landmarks=c.num_landmarks,
-                   user_lm_weight=c.user_lm_weight, cmcl_batch=c.cmcl_batch, ot_batch=c.ot_batch)
+                   user_lm_weight=c.user_lm_weight, cmcl_batch=c.cmcl_batch, ot_batch=c.ot_batch,
+                   knn_refines=c.knn_refines, item_graph_layers=c.item_graph_layers,
+                   item_graph_weights=c.item_graph_weights)

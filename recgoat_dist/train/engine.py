@@ -102,7 +102,7 @@ class LocalEngine:
                 self.optimizers["dense"] = torch.optim.Adam(dense, lr=t.lr)
             self.objective = SampledObjective(model)
             meta = inputs.graph_meta
-            hops = sampled_hops(t.fanouts, config.model.gat_layers)
+            hops = sampled_hops(t.fanouts, max(config.model.gat_layers, model.knn_hops))   # + item-graph layers
             self.sampler = dgl.dataloading.NeighborSampler(block_fanouts(
                 inputs.graph.canonical_etypes, t.fanouts, hops, meta.get("knn_k", 10), meta.get("user_knn_k", 10)))
         self.refresh_every = t.refresh_every
