@@ -247,13 +247,6 @@ def _check_item_graph(config: Config) -> None:
             for k, v in weights.items()) or not sum(weights.values()) > 0):
         raise ConfigError(f"config key model.item_graph_weights: expected {{modality: weight >= 0}} with a "
                           f"positive sum, got {weights!r}")
-    # Distributed workers sample max(len(train.fanouts), model.gat_layers) hops (train/distributed):
-    # an item graph deeper than that would have no block to run on.
-    hops = max(len(config.train.fanouts), m.gat_layers, 1)
-    if config.cluster.num_workers >= 1 and m.knn_refines != "content" and m.item_graph_layers > hops:
-        raise ConfigError(f"config key model.item_graph_layers: distributed workers sample {hops} hop(s) "
-                          f"(max of len(train.fanouts) and model.gat_layers); use at most that many item-graph "
-                          f"layers or list more train.fanouts")
 
 
 def validate(config: Config) -> Config:

@@ -279,9 +279,14 @@ def test_one_worker_and_one_process_agree_on_the_demo_config(local_ray, demo_gra
 DEMO_AGREEMENT_SETS = ["train.epochs=20", "train.patience=20"]
 
 
-def test_warm_start_puts_dataset_rows_on_their_partitions(local_ray, demo_graph, tmp_path):
+@pytest.mark.parametrize("model", [["model.name=lightgcn"],
+                                   ["model.name=lightgcn", "model.knn_refines=id", "model.item_graph_layers=2"]],
+                         ids=["lightgcn", "lightgcn+item_graph"])
+def test_warm_start_puts_dataset_rows_on_their_partitions(local_ray, demo_graph, tmp_path, model):
     """A single-process model's state (dataset ids) warm-starts a 1-worker run: with a learning
-    rate too small to move anything, the worker's final vectors are the single-process ones."""
+    rate too small to move anything, the worker's final vectors are the single-process ones. With
+    the item graph (``model.knn_refines=id``, 2 layers: deeper than ``train.fanouts``), this also
+    checks the distributed layer-wise inference of it against the local one."""
     import pyarrow as pa
     import torch
 
@@ -292,7 +297,7 @@ def test_warm_start_puts_dataset_rows_on_their_partitions(local_ray, demo_graph,
     from recgoat_dist.train.run import Run
     from recgoat_dist.storage import Artifact
 
-    sets = [f"data.graph={demo_graph}", "model.name=lightgcn", "train.progress=false", "train.epochs=1"]
+    sets = [f"data.graph={demo_graph}", *model, "train.progress=false", "train.epochs=1"]
     single = str(tmp_path / "single")
     train(load_config("configs/demo.yaml", sets), single)
     state = Run(single).checkpoint("best")["model"]

@@ -134,7 +134,7 @@ class DistEngine:
         cold = self.inputs.item_cold.numpy()
         self.candidates = (np.nonzero(~cold)[0] if t.negatives == "train_items"
                            else np.arange(g.num_nodes("item"))).astype(np.int64)
-        hops = sampled_hops(t.fanouts, m.gat_layers)
+        hops = sampled_hops(t.fanouts, max(m.gat_layers, self.model.knn_hops))   # + item-graph layers
         self.sampler = dgl.dataloading.NeighborSampler(block_fanouts(
             g.canonical_etypes, t.fanouts, hops, spec.knn_fanout, spec.user_knn_fanout))
         self.rng = np.random.default_rng(t.seed + self.rank)
