@@ -33,7 +33,16 @@ def local_ray(s3_server):
 
 
 def tiny_partitions(out: str, parts: int, seed: int = 0) -> tuple[str, int]:
-    """A hand-made user/item heterograph (every edge type, item and user features) split by DGL."""
+    """:func:`tiny_heterograph` split by DGL; returns its config and number of training edges."""
+    import dgl
+
+    g = tiny_heterograph(seed)
+    dgl.distributed.partition_graph(g, "tiny", parts, out, part_method="random")
+    return os.path.join(out, "tiny.json"), g.num_edges("rates")
+
+
+def tiny_heterograph(seed: int = 0):
+    """A hand-made user/item heterograph: every edge type, item and user features."""
     import dgl
     import torch
 
@@ -46,8 +55,7 @@ def tiny_partitions(out: str, parts: int, seed: int = 0) -> tuple[str, int]:
                         num_nodes_dict={"user": nu, "item": ni})
     g.nodes["item"].data["text"] = torch.randn(ni, 8)
     g.nodes["user"].data["text"] = torch.randn(nu, 6)
-    dgl.distributed.partition_graph(g, "tiny", parts, out, part_method="random")
-    return os.path.join(out, "tiny.json"), ne
+    return g
 
 
 def tiny_config(**overrides):

@@ -16,18 +16,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent("""
     import json, os, sys
     os.environ["DGL_DIST_MODE"] = "standalone"
-    import numpy as np, torch, dgl
+    import torch, dgl
     from dgl.distributed import graph_services
     from recgoat_dist.train.distributed import frontier
 
-    out, bolt = sys.argv[1], sys.argv[2] == "1"
-    rng = np.random.default_rng(0)
-    nu, ni, ne = 120, 80, 900
-    u, i = rng.integers(0, nu, ne), rng.integers(0, ni, ne)
-    a, b = rng.integers(0, ni, 300), rng.integers(0, ni, 300)
-    g = dgl.heterograph({("user", "rates", "item"): (u, i), ("item", "rated_by", "user"): (i, u),
-                         ("item", "knn_text", "item"): (a, b), ("user", "uu", "user"): (u[:200], u[200:400])},
-                        num_nodes_dict={"user": nu, "item": ni})
+    out, bolt, tests = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+    sys.path.insert(0, tests)
+    from test_distributed import tiny_heterograph
+    g = tiny_heterograph()
     dgl.distributed.partition_graph(g, "tiny", 1, out, part_method="random")
     config = os.path.join(out, "tiny.json")
     if bolt:
@@ -66,7 +62,8 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("graphbolt", [False, True], ids=["dgl", "graphbolt"])
 def test_frontier_conversion_matches_dgl(tmp_path, graphbolt):
     env = {**os.environ, "DGLBACKEND": "pytorch", "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), "1" if graphbolt else "0"],
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), "1" if graphbolt else "0",
+                           os.path.join(ROOT, "tests")],
                           capture_output=True, text=True, env=env, timeout=300)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
