@@ -267,8 +267,9 @@ def report(results: dict, json_path: str) -> str:
                 note = f"{r['num_interactions']:,} interactions"
             elif stage == "train":
                 c = r["step_cost"]
-                note = (f"{c['steps']} steps: {c['seconds_per_step']:.3f} s/step, {c['edges_per_second']:,.0f} edges/s; "
-                        f"epoch {r['epoch_seconds']:.0f} s; RSS MB " + ", ".join(f"{k} {v}" for k, v in r["peak_rss_mb"].items()))
+                rss_mb = ", ".join(f"{k} {v}" for k, v in r["peak_rss_mb"].items())
+                note = (f"{c['steps']} steps: {c['seconds_per_step']:.3f} s/step, {c['edges_per_second']:,.0f} "
+                        f"edges/s; epoch {r['epoch_seconds']:.0f} s; RSS MB {rss_mb}")
             load = r.get("load_average_after")
             note += f"; load {load[1]:.1f}" if load else ""
             rss = r["peak_rss_workers_gb"] if stage == "train" else r["peak_rss_children_gb"]

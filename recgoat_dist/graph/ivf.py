@@ -1,9 +1,10 @@
 """Approximate top-K cosine candidates with a FAISS inverted-file index (IVF-Flat, inner product).
 
 The catalog is clustered into ``nlist`` cells (k-means on a sample); a query scans only the
-``nprobe`` cells nearest to it. ``nprobe`` is doubled from 1 until recall@K on a tuning sample,
-against the exact engine, reaches the target. The caller (:func:`knn.knn`) re-ranks the candidates
-in float64 and measures the recall of the final lists on a separate sample.
+``nprobe`` cells nearest to it. ``nprobe`` grows from 1 in half steps (1, 2, 3, 4, 6, 8, ...)
+until recall@K on a tuning sample, against the exact engine, reaches the target. The caller
+(:func:`knn.knn`) re-ranks the candidates in float64 and measures the recall of the final lists
+on a separate sample.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Steps (``n`` rows, ``d`` dimensions, ``k`` neighbours):
    sample through an HNSW index too (FAISS's ``clustering_index``). Together: search costs
    ``O(n log n)``, where ``nlist ~ sqrt(n)`` cost ``O(n^1.5)``. PQ codes replace full vectors when
    the flat index would exceed ``index_memory_gb``.
-3. **Tune** ``nprobe`` (doubling) until recall@k on ``tune_sample`` rows, against the exact
+3. **Tune** ``nprobe`` (1, 2, 3, 4, 6, 8, 12, ...) until recall@k on ``tune_sample`` rows, against the exact
    engine, reaches ``target_recall``.
 4. **Search** block by block: ``k + MARGIN`` candidates per row, rescored exactly (float64 inner
    products of the stored unit vectors) and cut to ``k``. Both directions of every edge go to
