@@ -1,4 +1,4 @@
-"""A catalog end to end at growing sizes: generation, KNN graph, partitioning, (training), ANN export.
+"""A catalog end to end at growing sizes: generation, KNN graph, partitioning, training, ANN export.
 
 For each size N (items = users = N, 5 interactions per user, one 64-d text modality plus user LM
 features) the stages run one after another, each in its own child process, on a storage root
@@ -7,10 +7,13 @@ features) the stages run one after another, each in its own child process, on a 
 * ``generate``  ``recgoat prepare synthetic`` (:func:`generate_synthetic`, streaming);
 * ``graph``     ``recgoat graph`` with the streaming FAISS engine forced (knn_text and uu, k = 10);
 * ``partition`` ``recgoat partition --method random`` (streaming), 2 parts;
-* ``train``     hook only: :func:`train_sampled` waits for sampled propagation (issue 12);
-* ``export``    ANN ranking (top-20, FAISS IVF, nprobe tuned, ann_recall@20 on 2,000 users) of
-  stand-in embeddings: the users' LM features against the items' text features, which the
-  generator places in one space. It stands in for a trained model until ``train`` exists.
+* ``train``     30 steps of RecGOAT in ``sampled`` mode, one Ray worker per partition
+  (:func:`train_sampled`), evaluation on a 10,000-user sample (``train.eval_users``);
+* ``export``    ANN ranking (top-20, FAISS IVF, nprobe tuned, ann_recall@20 on 2,000 users) of the
+  trained run's embeddings; without a published run, of stand-in embeddings: the users' LM
+  features against the items' text features, which the generator places in one space;
+* ``export_lm`` the stand-in export always (a model trained for 30 steps is near its
+  initialisation: its rankings say little about the ANN index on real embeddings).
 
 Per stage: wall time, peak RSS of the stage process and of its children (``getrusage``), bytes
 on storage (the artifact's manifest). Results go to ``--json`` after every stage, so a rerun with
@@ -35,12 +38,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-STAGES = ("generate", "graph", "partition", "train", "export")
+STAGES = ("generate", "graph", "partition", "train", "export", "export_lm")
+TRAIN_STEPS = 30             # steps of the training stage (one epoch capped by train.max_steps_per_epoch)
+EVAL_USERS = 10_000          # train.eval_users: full ranking of every user is N x N (hours at 10^6)
 
 
 def urls(root: str, n: int) -> dict:
     base = f"{root.rstrip('/')}/n{n}"
-    return {s: f"{base}/{s}" for s in ("data", "graph", "partitions", "run", "export")}
+    return {s: f"{base}/{s}" for s in ("data", "graph", "partitions", "run", "export", "export_lm")}
 
 
 def artifact_bytes(url: str) -> int:
@@ -50,14 +55,48 @@ def artifact_bytes(url: str) -> int:
     return int(sum(f["bytes"] for f in art.manifest["files"].values()))
 
 
-def train_sampled(partitions_url: str, out_url: str, n: int) -> dict | None:
-    """HOOK: N steps of RecGOAT in ``sampled`` mode with 2 workers on the 2 partitions, recording
-    step time and the peak RSS of trainers and graph servers. Waits for the lead's sampled
-    propagation (issue 12); until then the stage is recorded as skipped."""
-    return None
+def train_config(partitions_url: str, parts: int, steps: int, eval_users: int):
+    """RecGOAT, sampled, one epoch of ``steps`` steps at global batch 2,048 (fanout 10, as
+    ``benchmarks/step_cost.py``), one worker per partition; evaluation on ``eval_users`` users."""
+    from recgoat_dist.config import load_config
+
+    return load_config(None, ["model.name=recgoat", "train.propagation=sampled", "train.batch_size=2048",
+                              "train.fanouts=[10]", f"train.max_steps_per_epoch={steps}", "train.epochs=1",
+                              "train.progress=false", f"train.eval_users={eval_users}",
+                              f"cluster.num_workers={parts}", "cluster.max_failures=0",
+                              f"data.partitions={partitions_url}"])
 
 
-def run_stage(stage: str, n: int, root: str, parts: int, seed: int) -> dict:
+def train_sampled(partitions_url: str, out_url: str, parts: int, steps: int, eval_users: int,
+                  ray_dir: str) -> dict:
+    """``steps`` steps of RecGOAT in ``sampled`` mode with one Ray worker per partition (a local
+    Ray on 127.0.0.1 started here), through ``recgoat train``'s own path (:func:`pipeline.train`):
+    step time, training edges/s, input nodes per step, the epoch (which includes the epoch-start
+    history refresh and the evaluation on ``eval_users`` users) and the peak RSS of every trainer
+    and graph server. The run, with its final embeddings, is published at ``out_url``."""
+    import ray
+
+    from recgoat_dist.pipeline import train
+
+    config = train_config(partitions_url, parts, steps, eval_users)
+    ray.init(num_cpus=parts + 1, include_dashboard=None, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+             _temp_dir=ray_dir, runtime_env={"env_vars": {"DGLBACKEND": "pytorch", "THP_MEM_ALLOC_ENABLE": "0",
+                                                          "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}})
+    try:
+        start = time.perf_counter()
+        m = train(config, out_url, overwrite=True)
+        seconds = time.perf_counter() - start
+    finally:
+        ray.shutdown()
+    rss = {f"trainer{w['rank']}": round(w["peak_rss_mb"]) for w in m["workers"]}
+    rss |= {f"server{w['partition']}": round(w["server"]["peak_rss_mb"]) for w in m["workers"]}
+    return {"url": out_url, "step_cost": m["step_cost"], "seconds_train_call": round(seconds, 2),
+            "epoch_seconds": m["seconds_per_epoch"], "valid": m.get("valid"), "test": m.get("test"),
+            "eval_users": eval_users, "peak_rss_mb": rss,
+            "peak_rss_workers_gb": round(max(rss.values()) / 1024, 3)}
+
+
+def run_stage(stage: str, n: int, root: str, parts: int, seed: int, local_dir: str) -> dict:
     """One stage, in this (child) process; returns its own figures."""
     import logging
 
@@ -84,13 +123,30 @@ def run_stage(stage: str, n: int, root: str, parts: int, seed: int) -> dict:
         out = {"edge_cut": m["edge_cut"], "num_edges": m["num_edges"], "parts": m["parts"],
                "stage_seconds": m["seconds"]}
     elif stage == "train":
-        result = train_sampled(u["partitions"], u["run"], n)
-        out = {"skipped": "waits for sampled propagation (issue 12)"} if result is None else result
+        out = train_sampled(u["partitions"], u["run"], parts, TRAIN_STEPS, EVAL_USERS,
+                            os.path.join(local_dir, f"ray-n{n}"))
     elif stage == "export":
-        out = stand_in_export(u["data"], u["export"], seed)
-    if "url" not in out and stage != "train":
-        out["url"] = u[{"generate": "data", "graph": "graph", "partition": "partitions", "export": "export"}[stage]]
+        from recgoat_dist.storage import published
+
+        out = trained_export(u["run"], u["export"], seed) if published(u["run"], "run") else \
+            stand_in_export(u["data"], u["export"], seed)
+    elif stage == "export_lm":
+        out = stand_in_export(u["data"], u["export_lm"], seed)
+    if "url" not in out:
+        out["url"] = u[{"generate": "data", "graph": "graph", "partition": "partitions", "export": "export",
+                        "export_lm": "export_lm"}[stage]]
     return out
+
+
+def trained_export(run_url: str, out_url: str, seed: int) -> dict:
+    """ANN export (top-20) of the trained run's own embeddings (``<run>/embeddings``)."""
+    from recgoat_dist.data.dataset import Dataset
+    from recgoat_dist.export.recommendations import export_run
+
+    m = export_run(run_url, out_url, top_k=20, overwrite=True, engine="ann", recall_users=2000)
+    ranking = m["ranking"]
+    return {"model": "trained run", "run": run_url, "ranking": ranking, "ann_recall@20": ranking["ann_recall@20"],
+            "projected_exact_seconds": ranking["seconds_per_user_exact"] * Dataset(m["dataset"]).num_users}
 
 
 def stand_in_export(data_url: str, out_url: str, seed: int) -> dict:
@@ -117,15 +173,18 @@ def stand_in_export(data_url: str, out_url: str, seed: int) -> dict:
         writer.commit({"dataset": data_url, "model": "stand-in (LM features)", "num_users": ds.num_users,
                        "num_items": ds.num_items, "top_k": 20, "ranking": ranking,
                        "ann_recall@20": ranking["ann_recall@20"]})
-    return {"ranking": ranking, "ann_recall@20": ranking["ann_recall@20"],
+    return {"model": "stand-in (LM features)", "ranking": ranking, "ann_recall@20": ranking["ann_recall@20"],
             "projected_exact_seconds": ranking["seconds_per_user_exact"] * ds.num_users}
 
 
 def child_main(args) -> int:
     start = time.perf_counter()
-    out = run_stage(args.child, args.size, args.root, args.parts, args.seed)
+    out = run_stage(args.child, args.size, args.root, args.parts, args.seed, args.local_dir)
     out["seconds_in_process"] = round(time.perf_counter() - start, 2)
-    out["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    # CPU time of this process (user + system): on a shared machine less noisy than wall time
+    out["cpu_seconds"] = round(me.ru_utime + me.ru_stime, 2)
+    out["peak_rss_gb"] = round(me.ru_maxrss / 2 ** 20, 3)
     out["peak_rss_children_gb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2 ** 20, 3)
     print("RESULT " + json.dumps(out), flush=True)
     return 0
@@ -133,7 +192,7 @@ def child_main(args) -> int:
 
 def spawn(stage: str, n: int, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", stage, "--size", str(n), "--root", args.root,
-           "--parts", str(args.parts), "--seed", str(args.seed)]
+           "--parts", str(args.parts), "--seed", str(args.seed), "--local-dir", args.local_dir]
     start = time.perf_counter()
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": REPO})
     wall = time.perf_counter() - start
@@ -168,6 +227,9 @@ def summarise(results: dict) -> dict:
                            "time_exponent": fit_exponent(have, [r["wall_seconds"] for r in runs]),
                            "rss_exponent": fit_exponent(have, [r["peak_rss_gb"] for r in runs]),
                            "bytes_exponent": fit_exponent(have, [r.get("storage_bytes", 0) for r in runs])}
+            if stage == "train":        # the bounded step: its own exponent, and the workers' RSS
+                fits[stage]["step_exponent"] = fit_exponent(have, [r["step_cost"]["seconds_per_step"] for r in runs])
+                fits[stage]["rss_exponent"] = fit_exponent(have, [r["peak_rss_workers_gb"] for r in runs])
     results["growth"] = fits
     return results
 
@@ -178,7 +240,8 @@ def report(results: dict, json_path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines = ["| items = users | stage | wall s | peak RSS GB (stage / children) | storage MB | notes |",
+    lines = ["| items = users | stage | wall s | peak RSS GB (stage / children; train: largest worker) | storage MB | "
+             "notes (load: 5-min load average after the stage) |",
              "|---|---|---|---|---|---|"]
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     for stage in STAGES:
@@ -195,15 +258,24 @@ def report(results: dict, json_path: str) -> str:
                 note = "recall@10 vs exact " + ", ".join(f"{k} {v}" for k, v in r["recall_vs_exact"].items())
             elif stage == "partition":
                 note = f"edge cut {r['edge_cut']:,} of {sum(r['num_edges'].values()):,}"
-            elif stage == "export":
+            elif stage in ("export", "export_lm"):
                 rk = r["ranking"]
                 note = (f"ann_recall@20 {r['ann_recall@20']}, nprobe {rk['nprobe']}/{rk['nlist']}, "
                         f"{rk['speedup_vs_exact']}x exact per user")
+                note += f" ({r.get('model', 'stand-in')})"
             elif stage == "generate":
                 note = f"{r['num_interactions']:,} interactions"
+            elif stage == "train":
+                c = r["step_cost"]
+                rss_mb = ", ".join(f"{k} {v}" for k, v in r["peak_rss_mb"].items())
+                note = (f"{c['steps']} steps: {c['seconds_per_step']:.3f} s/step, {c['edges_per_second']:,.0f} "
+                        f"edges/s; epoch {r['epoch_seconds']:.0f} s; RSS MB {rss_mb}")
+            load = r.get("load_average_after")
+            note += f"; load {load[1]:.1f}" if load else ""
+            rss = r["peak_rss_workers_gb"] if stage == "train" else r["peak_rss_children_gb"]
             lines.append(f"| {n:,} | {stage} | {r['wall_seconds']:.1f} | {r['peak_rss_gb']:.2f} / "
-                         f"{r['peak_rss_children_gb']:.2f} | {r.get('storage_bytes', 0) / 1e6:.1f} | {note} |")
-            xs.append(n), ts.append(r["wall_seconds"]), rs.append(r["peak_rss_gb"])
+                         f"{rss:.2f} | {r.get('storage_bytes', 0) / 1e6:.1f} | {note} |")
+            xs.append(n), ts.append(r["wall_seconds"]), rs.append(max(r["peak_rss_gb"], rss))
         if xs:
             ax[0].loglog(xs, ts, "o-", label=stage)
             ax[1].loglog(xs, rs, "o-", label=stage)
@@ -215,7 +287,8 @@ def report(results: dict, json_path: str) -> str:
     fig.savefig(png, dpi=110)
     growth = ["", "| stage | sizes | time exponent | RSS exponent | storage exponent |", "|---|---|---|---|---|"]
     for stage, g in results.get("growth", {}).items():
-        growth.append(f"| {stage} | {', '.join(f'{s:,}' for s in g['sizes'])} | {g['time_exponent']} | "
+        step = f" (s/step: {g['step_exponent']})" if "step_exponent" in g else ""
+        growth.append(f"| {stage} | {', '.join(f'{s:,}' for s in g['sizes'])} | {g['time_exponent']}{step} | "
                       f"{g['rss_exponent']} | {g['bytes_exponent']} |")
     return "\n".join(lines + growth) + f"\n\nPlot: `{os.path.relpath(png, REPO)}`\n"
 
@@ -226,6 +299,7 @@ def main() -> int:
     p.add_argument("--root", default=os.path.join(HERE, "out", "catalog_scale"), help="storage root URL")
     p.add_argument("--json", default=os.path.join(HERE, "out", "catalog_scale.json"))
     p.add_argument("--parts", type=int, default=2)
+    p.add_argument("--local-dir", default="/tmp/catalog_scale", help="local scratch (Ray's temp dir)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
     p.add_argument("--redo", nargs="*", default=[], choices=STAGES, help="run these stages again")

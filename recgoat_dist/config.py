@@ -94,6 +94,9 @@ class TrainConfig:
     refresh_every: int = 0             # sampled: historical layers re-inferred every N steps (0: each epoch)
     full_max_edges: int = 2_000_000    # auto: full propagation up to this many training edges (one process)
     max_steps_per_epoch: int = 0       # cap on steps per epoch (benchmarks, smoke runs); 0 = no cap
+    # Evaluate on a fixed seeded sample of this many users (0: all). Full ranking costs users x
+    # items: at 10^6 users and items it is hours; a sample of 10^4 estimates the same means.
+    eval_users: int = 0
 
 
 @dataclass
@@ -224,6 +227,7 @@ RANGES = {
     ("train", "eval_every"): (1, False), ("train", "eval_user_block"): (1, False),
     ("train", "eval_item_block"): (1, False), ("train", "refresh_every"): (0, False),
     ("train", "full_max_edges"): (0, False), ("train", "max_steps_per_epoch"): (0, False),
+    ("train", "eval_users"): (0, False),
     ("cluster", "num_workers"): (0, False), ("cluster", "max_failures"): (-1, False),
     ("graph", "partition_memory_gb"): (0.0, False), ("graph", "knn_index_memory_gb"): (0.0, False),
     ("export", "ann_above"): (0, False), ("export", "ann_target_recall"): (0.0, True),

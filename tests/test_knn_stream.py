@@ -68,3 +68,25 @@ def test_build_graph_streams_items_and_users_on_s3(s3_url):
     src, dst, _ = graph.edges("knn_text")
     assert len(src) == manifest["num_edges"]["knn_text"] and src.max() < 3000
     assert np.bincount(src, minlength=3000).min() >= 10
+
+
+def test_cells_have_a_constant_size_and_the_hnsw_quantizer_keeps_recall(monkeypatch):
+    """nlist grows with n (a query's scan does not); above HNSW_ABOVE cells the coarse quantizer
+    and k-means assignment are HNSW, probed with efSearch >= 2 nprobe; nprobe steps 1, 2, 3, 4, 6, ..."""
+    import faiss
+
+    from recgoat_dist.graph import knn_stream
+    from recgoat_dist.graph.ivf import set_nprobe
+
+    assert knn_stream.stream_nlist(10_000_000) == 10_000_000 // knn_stream.CELL_ROWS
+    assert knn_stream.stream_nlist(100 * knn_stream.CELL_ROWS) == 100
+    monkeypatch.setattr(knn_stream, "HNSW_ABOVE", 16)
+    x = clustered(6000, 32, seed=3)
+    info, _ = run(x, 10, target_recall=0.9, tune_sample=400, recall_sample=800, nlist=60)
+    assert info["index"] == "IVF60_HNSW32,Flat" and info["recall_vs_exact"] >= 0.88
+    steps = [int(p) for p in info["tuning_recall"]]
+    assert steps == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48][:len(steps)] and steps[-1] == info["nprobe"]
+    index = faiss.index_factory(8, "IVF40_HNSW32,Flat", faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    set_nprobe(ivf, 48)
+    assert ivf.nprobe == 48 and faiss.downcast_index(ivf.quantizer).hnsw.efSearch == 96

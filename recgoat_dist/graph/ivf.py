@@ -1,9 +1,10 @@
 """Approximate top-K cosine candidates with a FAISS inverted-file index (IVF-Flat, inner product).
 
 The catalog is clustered into ``nlist`` cells (k-means on a sample); a query scans only the
-``nprobe`` cells nearest to it. ``nprobe`` is doubled from 1 until recall@K on a tuning sample,
-against the exact engine, reaches the target. The caller (:func:`knn.knn`) re-ranks the candidates
-in float64 and measures the recall of the final lists on a separate sample.
+``nprobe`` cells nearest to it. ``nprobe`` grows from 1 in half steps (1, 2, 3, 4, 6, 8, ...)
+until recall@K on a tuning sample, against the exact engine, reaches the target. The caller
+(:func:`knn.knn`) re-ranks the candidates in float64 and measures the recall of the final lists
+on a separate sample.
 """
 from __future__ import annotations
 
@@ -49,22 +50,35 @@ def search(index, x: np.ndarray, queries: np.ndarray, k: int, block: int = 1 << 
     return out_i, out_v
 
 
+def set_nprobe(ivf, nprobe: int) -> None:
+    """Probe ``nprobe`` cells; an HNSW coarse quantizer searches with ``efSearch >= 2 nprobe`` so
+    that the cells it returns are the nearest ones (a smaller beam would miss some)."""
+    import faiss
+
+    ivf.nprobe = nprobe
+    quantizer = faiss.downcast_index(ivf.quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(64, 2 * nprobe)
+
+
 def tune_nprobe(ivf, index, x: np.ndarray, tune_rows: np.ndarray, k: int, nlist: int,
                 target_recall: float) -> tuple[int, dict[str, float]]:
-    """The smallest power-of-two ``nprobe`` (set on ``ivf``, searched through ``index``) whose
-    recall@k against exact search on ``tune_rows`` reaches ``target_recall``, and the curve."""
+    """The smallest ``nprobe`` of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and the steps
+    half-way between them; set on ``ivf``, searched through ``index``) whose recall@k against exact
+    search on ``tune_rows`` reaches ``target_recall``, and the curve. The half steps matter: at a
+    constant cell size the search costs ``nprobe``, and doubling past the target wastes up to 2x."""
     from recgoat_dist.graph.knn import exact_topk, recall_at_k
 
     exact_i, exact_v = exact_topk(x, k, tune_rows)
     curve: dict[str, float] = {}
     nprobe = 1
     while True:
-        ivf.nprobe = nprobe
+        set_nprobe(ivf, nprobe)
         approx_i, approx_v = search(index, x, tune_rows, k)
         curve[str(nprobe)] = round(recall_at_k(approx_i, approx_v, exact_i, exact_v), 4)
         if curve[str(nprobe)] >= target_recall or nprobe >= nlist:
             return nprobe, curve
-        nprobe = min(nlist, nprobe * 2)
+        nprobe = min(nlist, nprobe + max(1, nprobe // 2) if nprobe & (nprobe - 1) == 0 else nprobe * 4 // 3)
 
 
 def ivf_topk(x: np.ndarray, k: int, extra: int, *, tune_rows: np.ndarray, target_recall: float = 0.95,

@@ -6,11 +6,14 @@ Steps (``n`` rows, ``d`` dimensions, ``k`` neighbours):
 1. **Read** feature blocks from storage, normalise each row to unit L2 norm (zero rows stay zero)
    and append them to a local memory-mapped float32 file: the exact copy that rescoring and the
    recall measurement read. Its pages are file-backed, so the OS can evict them.
-2. **Train** an IVF index on a random sample of rows (``nlist ~ 4 sqrt(n)`` cells, capped; a flat
-   coarse quantizer, HNSW above :data:`HNSW_ABOVE` cells so that assigning a vector to its cell
-   stays cheap; PQ codes instead of full vectors when the flat index would exceed
-   ``index_memory_gb``), then **add** every row, block by block.
-3. **Tune** ``nprobe`` (doubling) until recall@k on ``tune_sample`` rows, against the exact
+2. **Train** an IVF index on a random sample of rows, then **add** every row, block by block.
+   Cells have a constant size (``nlist ~ n / CELL_ROWS``), so a query scans ``nprobe x CELL_ROWS``
+   vectors whatever ``n`` is; finding the ``nprobe`` nearest cells is an HNSW search over the
+   centroids (above :data:`HNSW_ABOVE` cells), ``O(log nlist)``; k-means training assigns its
+   sample through an HNSW index too (FAISS's ``clustering_index``). Together: search costs
+   ``O(n log n)``, where ``nlist ~ sqrt(n)`` cost ``O(n^1.5)``. PQ codes replace full vectors when
+   the flat index would exceed ``index_memory_gb``.
+3. **Tune** ``nprobe`` (1, 2, 3, 4, 6, 8, 12, ...) until recall@k on ``tune_sample`` rows, against the exact
    engine, reaches ``target_recall``.
 4. **Search** block by block: ``k + MARGIN`` candidates per row, rescored exactly (float64 inner
    products of the stored unit vectors) and cut to ``k``. Both directions of every edge go to
@@ -40,16 +43,32 @@ from recgoat_dist.data.dataset import DataError
 
 logger = logging.getLogger(__name__)
 
-HNSW_ABOVE = 4096            # coarse quantizer: flat up to this many cells, HNSW above
-MAX_NLIST = 16_384
-MAX_TRAIN = 500_000          # k-means sample cap: training is quadratic-ish in it at large nlist
+HNSW_ABOVE = 2048            # coarse quantizer: flat up to this many cells, HNSW above
+CELL_ROWS = 128              # rows per IVF cell: constant, so a query's scan does not grow with n
+TRAIN_PER_CELL = 40          # k-means sample per cell (FAISS warns below 39)
+KMEANS_ITER = 10             # FAISS's IVF default is 25; 10 is enough with the rows rescored exactly
 BUCKET_EDGES = 20_000_000    # directed edges per symmetrisation bucket (~400 MB in memory)
 SEARCH_BLOCK = 65_536
 
 
 def stream_nlist(n: int) -> int:
-    """~4 sqrt(n) cells (as the in-memory engine), capped, with >= 39 training rows per cell."""
-    return int(max(1, min(round(4 * math.sqrt(n)), MAX_NLIST, n // 39)))
+    """``n / CELL_ROWS`` cells (at least one; at least 39 training rows per cell)."""
+    return int(max(1, min(round(n / CELL_ROWS), n // 39)))
+
+
+def _train(index, x: np.ndarray, nlist: int, d: int, rng) -> int:
+    """k-means on ``TRAIN_PER_CELL`` rows per cell; assignment through HNSW when the quantizer is
+    HNSW (spherical k-means keeps centroids unit, so L2-nearest is inner-product-nearest).
+    Returns the number of training rows."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.niter = KMEANS_ITER
+    if nlist > HNSW_ABOVE:
+        ivf.clustering_index = faiss.IndexHNSWFlat(d, 32)
+    rows = np.sort(rng.choice(len(x), size=min(len(x), TRAIN_PER_CELL * nlist), replace=False))
+    index.train(np.ascontiguousarray(x[rows]))
+    return len(rows)
 
 
 def index_spec(n: int, d: int, nlist: int, index_memory_gb: float, pq_bits: int = 8) -> tuple[str, int]:
@@ -155,10 +174,8 @@ def stream_knn(read_blocks: Callable[[], Iterator[np.ndarray]], n: int, d: int, 
         nlist = nlist or stream_nlist(n)
         spec, index_bytes = index_spec(n, d, nlist, index_memory_gb, pq_bits)
         index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
-        train_rows = np.sort(rng.choice(n, size=min(n, max(39 * nlist, min(MAX_TRAIN, 100 * nlist))),
-                                        replace=False))
         t1 = time.perf_counter()
-        index.train(np.ascontiguousarray(x[train_rows]))
+        train_rows = _train(index, x, nlist, d, rng)
         for s in range(0, n, 1 << 20):
             index.add(np.ascontiguousarray(x[s:s + (1 << 20)]))
         t_build = time.perf_counter() - t1
@@ -215,7 +232,7 @@ def stream_knn(read_blocks: Callable[[], Iterator[np.ndarray]], n: int, d: int, 
     info = {
         "backend": "faiss-ivf-stream", "index": spec, "index_bytes": int(index_bytes), "nlist": int(nlist),
         "nprobe": int(nprobe), "target_recall": target_recall, "tuning_recall": curve,
-        "tuning_sample": int(len(tune_rows)), "train_rows": int(len(train_rows)),
+        "tuning_sample": int(len(tune_rows)), "train_rows": int(train_rows), "cell_rows": round(n / nlist, 1),
         "rows_completed_exactly": int(completed), "k": k, "rows": n, "dim": d,
         "recall_vs_exact": recall, "recall_sample": int(len(eval_rows)), "recall_at": k,
         "edges": int(edges), "buckets": int(buckets.num), "min_degree": degree_min, "max_degree": degree_max,

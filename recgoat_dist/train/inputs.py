@@ -68,6 +68,16 @@ def _pick_user_modality(graph, requested: Optional[str]) -> Optional[str]:
     return names[0] if len(names) == 1 else None
 
 
+def eval_user_mask(num_users: int, eval_users: int, seed: int) -> Optional[np.ndarray]:
+    """``train.eval_users``: which dataset users are evaluated (a seeded sample, the same for every
+    engine and partitioning), or None when all are."""
+    if eval_users <= 0 or eval_users >= num_users:
+        return None
+    mask = np.zeros(num_users, dtype=bool)
+    mask[np.random.default_rng(seed).choice(num_users, size=eval_users, replace=False)] = True
+    return mask
+
+
 def load_inputs(config: Config, graph=None) -> TrainingInputs:
     """Read everything training needs; ``graph`` may be passed in (tests, already built)."""
     if not config.data.graph and graph is None:
@@ -87,9 +97,14 @@ def load_inputs(config: Config, graph=None) -> TrainingInputs:
     src, dst = (t.numpy() for t in graph.edges(etype="rates"))
     train = UserItems.from_pairs(src, dst, num_users, num_items)
     splits = {name: ds.interactions(name) for name in ("train", "valid", "test")}
-    heldout = {name: UserItems.from_pairs(splits[name]["user_id"], splits[name]["item_id"], num_users, num_items)
-               for name in ("valid", "test")}
     _check_no_leak(train, splits, ds.url)
+    sample = eval_user_mask(num_users, config.train.eval_users, config.train.seed)
+    heldout = {}
+    for name in ("valid", "test"):
+        users, items = splits[name]["user_id"], splits[name]["item_id"]
+        if sample is not None:
+            users, items = users[sample[users]], items[sample[users]]
+        heldout[name] = UserItems.from_pairs(users, items, num_users, num_items)
 
     feats = {}
     knn = {e[len("knn_"):] for e in graph.etypes if e.startswith("knn_")}

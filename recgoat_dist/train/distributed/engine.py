@@ -138,7 +138,7 @@ class DistEngine:
         self.sampler = dgl.dataloading.NeighborSampler(block_fanouts(
             g.canonical_etypes, t.fanouts, hops, spec.knn_fanout, spec.user_knn_fanout))
         self.rng = np.random.default_rng(t.seed + self.rank)
-        self.eval_data = load_eval_data(g, self.own["user"], spec.dataset, spec.id_maps)
+        self.eval_data = load_eval_data(g, self.own["user"], spec.dataset, spec.id_maps, t.eval_users, t.seed)
         self.can_evaluate = self.eval_data is not None
         self.fresh = False               # the layer tables hold the current model's inference
         self.best: Optional[tuple] = None

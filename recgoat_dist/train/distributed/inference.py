@@ -118,9 +118,11 @@ def local_rows(graph, users: torch.Tensor, pair_users: np.ndarray) -> np.ndarray
     return local[pair_users]
 
 
-def load_eval_data(g, users: torch.Tensor, dataset: Optional[str], id_maps: Optional[str]) -> Optional[dict]:
+def load_eval_data(g, users: torch.Tensor, dataset: Optional[str], id_maps: Optional[str],
+                   eval_users: int = 0, seed: int = 0) -> Optional[dict]:
     """This partition's users' training items (from the graph) and held-out items (dataset),
-    as ``(local user row, item)`` pairs in the partitioned id space."""
+    as ``(local user row, item)`` pairs in the partitioned id space; with ``eval_users``, held-out
+    items of the sampled users only (:func:`recgoat_dist.train.inputs.eval_user_mask`)."""
     import dgl
 
     if not dataset or not id_maps:
@@ -135,10 +137,15 @@ def load_eval_data(g, users: torch.Tensor, dataset: Optional[str], id_maps: Opti
     for nt, new_to_orig in load_id_maps(id_maps).items():
         inverse[nt] = np.empty(len(new_to_orig), dtype=np.int64)
         inverse[nt][new_to_orig] = np.arange(len(new_to_orig))
+    from recgoat_dist.train.inputs import eval_user_mask
+
     ds = Dataset(dataset)
+    sample = eval_user_mask(ds.num_users, eval_users, seed)
     for split in ("valid", "test"):
         pairs = ds.interactions(split)
         rows = local_rows(g, users, inverse["user"][pairs["user_id"]])
         keep = rows >= 0
+        if sample is not None:
+            keep &= sample[pairs["user_id"]]
         out[split] = (rows[keep], inverse["item"][pairs["item_id"]][keep])
     return out
