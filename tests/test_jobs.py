@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -59,18 +60,42 @@ def _stop_head(temp_dir: str) -> None:
             pass
 
 
-@pytest.fixture
-def ray_head():
-    temp_dir = tempfile.mkdtemp(prefix="rgjob-", dir="/tmp")
-    port, dashboard = free_port(), free_port()
+def start_head(prefix: str, env: dict, num_cpus: int, dashboard: bool = True) -> tuple[str, int, Optional[int]]:
+    """``ray start --head`` on 127.0.0.1 in its own temp dir (stop it with :func:`_stop_head`);
+    returns ``(temp dir, GCS port, dashboard port or None)``."""
+    temp_dir = tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+    port, dashboard_port = free_port(), free_port() if dashboard else None
     cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-           "--num-cpus=3", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+           *(["--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true"]
+             if dashboard else ["--include-dashboard=false"]),
+           f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
            # Own agent ports: the defaults (e.g. 52365) may be held by another Ray on this machine.
            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
     try:
-        subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=180)
+        subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=180)
+    except BaseException:
+        _stop_head(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    return temp_dir, port, dashboard_port
+
+
+def submit_when_agent_ready(cmd: list, env: dict, tries: int) -> subprocess.CompletedProcess:
+    """Run a ``ray job submit`` command, retrying while the job agent is not up yet (it comes up a
+    little after ``ray start`` returns)."""
+    for _ in range(tries):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        if done.returncode == 0 or "No available agent" not in done.stderr + done.stdout:
+            break
+        time.sleep(5)
+    return done
+
+
+@pytest.fixture
+def ray_head():
+    temp_dir, _, dashboard = start_head("rgjob-", _env(), num_cpus=3)
+    try:
         yield f"http://127.0.0.1:{dashboard}"
     finally:
         _stop_head(temp_dir)
@@ -86,11 +111,7 @@ def test_ray_job_submit_trains_the_demo_on_a_fresh_cluster(ray_head, tmp_path):
               "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
               "python", "jobs/train.py", "--config", "configs/demo.yaml",
               "--set", "cluster.num_workers=2", "--set", "train.epochs=2", "--out", str(out)]
-    for _ in range(24):               # the job agent comes up a little after `ray start` returns
-        done = subprocess.run(submit, env=_env(), capture_output=True, text=True, timeout=300)
-        if done.returncode == 0 or "No available agent" not in done.stderr:
-            break
-        time.sleep(5)
+    done = submit_when_agent_ready(submit, _env(), tries=24)
     assert done.returncode == 0, f"ray job submit failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     status, deadline = "", time.time() + 480
     while time.time() < deadline:

@@ -12,16 +12,14 @@ import os
 import re
 import secrets
 import shlex
-import subprocess
-import tempfile
 
 import pytest
 import yaml
 
-from conftest import REPO, free_port
+from conftest import REPO
 from test_cluster_configs import (HEAD_GROUP, RAYCLUSTER_SPEC, RAYJOB_SPEC, RUNTIME_ENV, SUBMISSION_MODES,
                                   WORKER_GROUP)
-from test_jobs import BIN, _stop_head
+from test_jobs import BIN, _stop_head, start_head, submit_when_agent_ready
 
 NO_TOKEN = re.compile(r"Token authentication is enabled but (no authentication token was found|Ray couldn't find an "
                       r"authentication token)")
@@ -85,15 +83,8 @@ def test_crontab_line_submits_jobs_nightly_with_a_token_file():
     assert args.date == "2024-01-02" and "{date}" in config.nightly.delta
 
 
-def _head(tmp_path, env: dict):
-    temp_dir = tempfile.mkdtemp(prefix="rgnight-", dir="/tmp")
-    dashboard = free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-           "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--include-dashboard=true",
-           "--num-cpus=1", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=180)
+def _head(env: dict):
+    temp_dir, _, dashboard = start_head("rgnight-", env, num_cpus=1)
     return temp_dir, f"http://127.0.0.1:{dashboard}"
 
 
@@ -111,14 +102,7 @@ def _submit(address: str, env: dict, registry: str):
     cmd = [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps(runtime_env), "--", "python", "jobs/nightly.py", "show",
            "--registry", registry, "--json"]
-    done = None
-    for _ in range(12):          # the job agent comes up a little after `ray start` returns
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        if done.returncode == 0 or "No available agent" not in done.stderr + done.stdout:
-            break
-        import time
-        time.sleep(5)
-    return done
+    return submit_when_agent_ready(cmd, env, tries=12)
 
 
 @pytest.mark.parametrize("mode", ["token", "disabled"])
@@ -131,7 +115,7 @@ def test_ray_job_submit_of_jobs_nightly_on_a_fresh_head(mode, tmp_path):
     else:
         head_env = _env(tmp_path, RAY_AUTH_MODE="disabled")
     registry = str(tmp_path / "registry")
-    temp_dir, address = _head(tmp_path, head_env)
+    temp_dir, address = _head(head_env)
     try:
         if mode == "token":
             # The scheduled command without its token: refused, with Ray's message.

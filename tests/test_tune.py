@@ -255,19 +255,10 @@ def test_when_every_trial_fails_nothing_is_published(tiny, tmp_path, local_ray):
 @pytest.fixture
 def ray_head_address():
     """A real Ray head started with ``ray start`` (2 CPUs, loopback, own temp dir); yields its GCS address."""
-    import subprocess
+    from test_jobs import _env, _stop_head, start_head
 
-    from conftest import free_port
-    from test_jobs import BIN, _env, _stop_head
-
-    temp_dir = tempfile.mkdtemp(prefix="rgtunehead-", dir="/tmp")
-    port = free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-           "--include-dashboard=false", "--num-cpus=2", f"--temp-dir={temp_dir}", "--disable-usage-stats",
-           f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-           f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+    temp_dir, port, _ = start_head("rgtunehead-", _env(), num_cpus=2, dashboard=False)
     try:
-        subprocess.run(cmd, check=True, env=_env(), capture_output=True, timeout=180)
         yield f"127.0.0.1:{port}"
     finally:
         _stop_head(temp_dir)
