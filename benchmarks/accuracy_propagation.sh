@@ -15,12 +15,8 @@ PY=${PY:-$REPO/.venv/bin/python}
 export DGLBACKEND=pytorch HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 recgoat() { nice -n 10 "$PY" -m recgoat_dist "$@"; }
 mkdir -p "$WORK/logs" "$WORK/runs-propagation"
-if [ ! -f "$WORK/dataset/manifest.json" ]; then
-  recgoat prepare mmrec --inter "$LFM/lfm2k.inter" --original-ids "$LFM/lfm2k_og_ids.inter" \
-    --feature text="$LFM/all-MiniLM-L6-v2.npy" --feature audio="$LFM/vggish.npy" --out "$WORK/dataset" --overwrite
-  recgoat prepare user-profiles --data "$WORK/dataset" --text "$LFM/lfm2k_text.tsv"
-fi
-[ -f "$WORK/graph/manifest.json" ] || recgoat graph --data "$WORK/dataset" --out "$WORK/graph" --overwrite
+. "$REPO/benchmarks/lfm2k_prepare.sh"
+prepare_lfm2k
 for seed in $SEEDS; do
   for prop in full sampled; do
     out="$WORK/runs-propagation/$prop-seed$seed"
