@@ -24,8 +24,8 @@ from recgoat_dist.train import checkpoint as ckpt
 from recgoat_dist.train.inputs import TrainingInputs
 from recgoat_dist.train.loop import Progress
 from recgoat_dist.train.row_adam import RowAdam
-from recgoat_dist.train.sampling import (SeedBatch, block_fanouts, bpr_batches, negative_candidates, num_batches,
-                                         sampled_hops)
+from recgoat_dist.train.sampling import (SeedBatch, bpr_batches, negative_candidates, num_batches,
+                                         step_sampler)
 from recgoat_dist.train.steps import SampledObjective, attach_degrees, landmark_seeds, sampled_loss
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,6 @@ class LocalEngine:
             self.graph = inputs.graph.to(self.device) if self.device.type != "cpu" else inputs.graph
             self.optimizers = {"dense": torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)}
         else:
-            import dgl
             self.graph = inputs.graph
             model.id.sparse_grad = True
             ids = [model.id.user, model.id.item]
@@ -102,9 +101,8 @@ class LocalEngine:
                 self.optimizers["dense"] = torch.optim.Adam(dense, lr=t.lr)
             self.objective = SampledObjective(model)
             meta = inputs.graph_meta
-            hops = sampled_hops(t.fanouts, max(config.model.gat_layers, model.knn_hops))   # + item-graph layers
-            self.sampler = dgl.dataloading.NeighborSampler(block_fanouts(
-                inputs.graph.canonical_etypes, t.fanouts, hops, meta.get("knn_k", 10), meta.get("user_knn_k", 10)))
+            self.sampler = step_sampler(inputs.graph.canonical_etypes, t.fanouts, config.model.gat_layers, model,
+                                        meta.get("knn_k", 10), meta.get("user_knn_k", 10))
         self.refresh_every = t.refresh_every
 
     # ---- what the loop calls ------------------------------------------------------------------

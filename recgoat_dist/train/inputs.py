@@ -103,7 +103,8 @@ def load_inputs(config: Config, graph=None) -> TrainingInputs:
     for name in ("valid", "test"):
         users, items = splits[name]["user_id"], splits[name]["item_id"]
         if sample is not None:
-            users, items = users[sample[users]], items[sample[users]]
+            keep = sample[users]
+            users, items = users[keep], items[keep]
         heldout[name] = UserItems.from_pairs(users, items, num_users, num_items)
 
     feats = {}

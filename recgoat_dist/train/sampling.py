@@ -74,6 +74,16 @@ def block_fanouts(etypes, fanouts: list[int], hops: int, knn_fanout: int, user_k
     return out
 
 
+def step_sampler(etypes, fanouts: list[int], gat_layers: int, model, knn_k: int, user_knn_k: int):
+    """DGL's ``NeighborSampler`` of a ``sampled`` step, the same for both engines: one hop per
+    ``train.fanouts`` entry, and at least one per GAT layer and per item-graph layer of ``model``
+    (``model.knn_hops``); per-hop fanouts from :func:`block_fanouts`."""
+    import dgl
+
+    hops = sampled_hops(fanouts, max(gat_layers, model.knn_hops))
+    return dgl.dataloading.NeighborSampler(block_fanouts(etypes, fanouts, hops, knn_k, user_knn_k))
+
+
 class SeedBatch:
     """The seeds of one BPR batch: its users and items (and the OAT landmarks), deduplicated, with
     each triple's positions among them (the order DGL keeps for a block's output nodes)."""

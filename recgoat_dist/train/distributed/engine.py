@@ -32,7 +32,7 @@ from recgoat_dist.train.distributed.model import (NTYPES, RATES, NodeInputs, Spa
                                                   in_edges, modalities_of, pull_all)
 from recgoat_dist.train.engine import resolve_propagation
 from recgoat_dist.train.loop import Progress
-from recgoat_dist.train.sampling import SeedBatch, block_fanouts, sample_negatives, sampled_hops
+from recgoat_dist.train.sampling import SeedBatch, sample_negatives, step_sampler
 from recgoat_dist.train.steps import SampledObjective, landmark_seeds, sampled_loss
 
 logger = logging.getLogger(__name__)
@@ -134,9 +134,8 @@ class DistEngine:
         cold = self.inputs.item_cold.numpy()
         self.candidates = (np.nonzero(~cold)[0] if t.negatives == "train_items"
                            else np.arange(g.num_nodes("item"))).astype(np.int64)
-        hops = sampled_hops(t.fanouts, max(m.gat_layers, self.model.knn_hops))   # + item-graph layers
-        self.sampler = dgl.dataloading.NeighborSampler(block_fanouts(
-            g.canonical_etypes, t.fanouts, hops, spec.knn_fanout, spec.user_knn_fanout))
+        self.sampler = step_sampler(g.canonical_etypes, t.fanouts, m.gat_layers, self.model, spec.knn_fanout,
+                                    spec.user_knn_fanout)
         self.rng = np.random.default_rng(t.seed + self.rank)
         self.eval_data = load_eval_data(g, self.own["user"], spec.dataset, spec.id_maps, t.eval_users, t.seed)
         self.can_evaluate = self.eval_data is not None
