@@ -25,7 +25,7 @@ PART_ROWS = 4_000_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def _write_edges(out: ArtifactWriter, etype: str, src: np.ndarray, dst: np.ndarray,
+def write_edges(out: ArtifactWriter, etype: str, src: np.ndarray, dst: np.ndarray,
                  weight: np.ndarray, first_part: int = 0) -> int:
     """Write one edge list as Parquet parts of at most PART_ROWS rows; returns parts written."""
     parts = 0
@@ -46,7 +46,7 @@ def _write_rates(out: ArtifactWriter, ds: Dataset) -> int:
         if chunk["rating"].null_count:
             raise DataError(f"{ds.url}: training interactions have {chunk['rating'].null_count} "
                             "empty ratings; the rates edge weight needs one per interaction")
-        parts += _write_edges(out, "rates", chunk["user_id"].to_numpy(), chunk["item_id"].to_numpy(),
+        parts += write_edges(out, "rates", chunk["user_id"].to_numpy(), chunk["item_id"].to_numpy(),
                               chunk["rating"].to_numpy(), first_part=parts)
         count += chunk.num_rows
     return count
@@ -71,7 +71,7 @@ def _pick_user_modality(ds: Dataset, requested: str | None) -> str | None:
 def _knn_edges(out: ArtifactWriter, etype: str, features: np.ndarray, k: int, knn_args: dict):
     nb = knn(features, k, **knn_args)
     src, dst, weight = symmetrise(nb.indices, nb.scores)
-    _write_edges(out, etype, src, dst, weight)
+    write_edges(out, etype, src, dst, weight)
     degree = np.bincount(src, minlength=len(features))
     details = {**nb.info, "engine": nb.engine, "min_degree": int(degree.min()) if len(degree) else 0,
                "max_degree": int(degree.max()) if len(degree) else 0}
@@ -88,7 +88,7 @@ def _knn_edges_streamed(out: ArtifactWriter, etype: str, ds: Dataset, kind: str,
     parts = [0]
 
     def write(src, dst, weight):
-        parts[0] += _write_edges(out, etype, src, dst, weight, first_part=parts[0])
+        parts[0] += write_edges(out, etype, src, dst, weight, first_part=parts[0])
 
     info = stream_knn(lambda: ds.iter_features(kind, name), n, registry[name]["dim"], k, write, **stream_args)
     return info["edges"], "faiss", {**info, "engine": "faiss"}

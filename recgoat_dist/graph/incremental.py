@@ -29,11 +29,11 @@ import pyarrow as pa
 
 from recgoat_dist.data.dataset import DataError, Dataset
 from recgoat_dist.graph.artifact import canonical_url
+from recgoat_dist.graph.build import write_edges
 from recgoat_dist.graph.knn import MARGIN, effective_k, exact_topk, knn, normalise, rescore, row_norms, symmetrise
 from recgoat_dist.storage import Artifact, ArtifactWriter
 
 logger = logging.getLogger(__name__)
-EDGE_SCHEMA = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("weight", pa.float32())])
 TOLERANCE = 1e-5   # float32 screening of old rows: anything this close to the K-th cosine is rescored
 
 
@@ -77,12 +77,6 @@ def incremental_rows(features: np.ndarray, k: int, old_indices: np.ndarray,
     return indices, scores, {"mode": "incremental", "new_rows": int(len(new)), "old_rows_updated": changed, "k": k_eff}
 
 
-def _write_edges(out: ArtifactWriter, etype: str, src, dst, weight) -> None:
-    out.write_table(f"edges/{etype}/part-00000.parquet", pa.table(
-        [pa.array(src, pa.int64()), pa.array(dst, pa.int64()), pa.array(np.asarray(weight, np.float32))],
-        schema=EDGE_SCHEMA))
-
-
 def _write_rows(out: ArtifactWriter, etype: str, indices: np.ndarray, scores: np.ndarray) -> None:
     k = indices.shape[1]
     out.write_table(f"knn_rows/{etype}.parquet", pa.table({
@@ -121,7 +115,7 @@ def build_nightly_graph(data_url: str, out_url: str, knn_k: int = 10, user_knn_k
         train = ds.interactions("train")
         if np.isnan(train["rating"]).any():
             raise DataError(f"{ds.url}: training interactions have NaN ratings")
-        _write_edges(out, "rates", train["user_id"], train["item_id"], train["rating"])
+        write_edges(out, "rates", train["user_id"], train["item_id"], train["rating"])
         num_edges["rates"] = int(len(train["user_id"]))
         for etype, kind, name, k in relations:
             start = time.perf_counter()
@@ -141,7 +135,7 @@ def build_nightly_graph(data_url: str, out_url: str, knn_k: int = 10, user_knn_k
                 info = {"mode": "full", "reason": reason, "k": int(indices.shape[1])}
             _write_rows(out, etype, indices, scores)
             src, dst, w = symmetrise(indices, scores)
-            _write_edges(out, etype, src, dst, w)
+            write_edges(out, etype, src, dst, w)
             num_edges[etype], engines[etype] = int(len(src)), "exact"
             details[etype] = {**info, "modality": name, "seconds": round(time.perf_counter() - start, 3)}
             logger.info("%s: %s (%s) in %.2f s", etype, info["mode"],

@@ -33,15 +33,10 @@ import torch
 
 from recgoat_dist.config import Config, ConfigError
 from recgoat_dist.data.dataset import Dataset
+from recgoat_dist.train.inputs import standardise
 
 logger = logging.getLogger(__name__)
 ID_ROWS = {"id.user": "user", "id.item": "item"}
-
-
-def _standardise(x: torch.Tensor) -> torch.Tensor:
-    # The trainer's z-scoring of content features (content only: no interaction enters these statistics).
-    x = x.float()
-    return (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
 
 
 def _user_modality(graph, requested: Optional[str]) -> Optional[str]:
@@ -83,9 +78,9 @@ def warm_start_state(champion_run_url: str, config: Config, graph_url: str,
     graph = build_heterograph(graph_url)
     knn = sorted(e[len("knn_"):] for e in graph.etypes if e.startswith("knn_"))
     modalities = config.model.modalities if config.model.modalities is not None else knn
-    item_feats = {m: _standardise(graph.nodes["item"].data[m]) for m in modalities}
+    item_feats = {m: standardise(graph.nodes["item"].data[m]) for m in modalities}
     user_mod = _user_modality(graph, config.model.user_modality)
-    user_feats = _standardise(graph.nodes["user"].data[user_mod]) if user_mod else None
+    user_feats = standardise(graph.nodes["user"].data[user_mod]) if user_mod else None
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, new_ds.num_users, new_ds.num_items, {m: int(x.shape[1]) for m, x in
                                                                            item_feats.items()},
