@@ -2,8 +2,8 @@
 
 ``full`` propagation keeps dense ID tables and one Adam (MMRec's LightGCN setting). ``sampled``
 keeps the ID tables as sparse-gradient embeddings updated row-wise (:class:`.row_adam.RowAdam`,
-the rule of DGL's ``SparseAdam`` that the distributed engine uses), so neither the forward pass
-nor the optimiser step touches rows outside the batch's neighbourhood, and LightGCN's deeper
+the rule of DGL's ``SparseAdam``, as the distributed engine's ``OwnerRowAdam``), so neither the
+forward pass nor the optimiser step touches rows outside the batch's neighbourhood, and LightGCN's deeper
 layers read the historical tables of the last layer-wise inference (refreshed every
 ``train.refresh_every`` steps and at each epoch).
 """

@@ -6,8 +6,8 @@ ranks report under the same ``checkpoint_dir_name``):
 * ``dense.pt`` (rank 0): dense model and optimiser state, epoch, the loop's progress (history,
   early-stopping state);
 * ``rank<r>.pt`` (every rank): the rows of the user/item ``DistEmbedding`` tables that partition
-  ``r`` owns, the sparse optimiser's state for those rows (DGL's ``local_state_dict``), and the
-  rank's RNG states. Everything is read back with ``weights_only=True``.
+  ``r`` owns, the sparse optimiser's state for those rows (moments and step counts,
+  :mod:`.row_adam`), and the rank's RNG states. Everything is read back with ``weights_only=True``.
 * ``summary.json`` (rank 0, last epoch only): what the driver publishes (history, final
   metrics, per-worker records, embedding files). It travels in the checkpoint rather than in the
   reported metrics, because Ray logs every reported metrics dict on every worker.
@@ -42,7 +42,7 @@ def save(directory: str, rank: int, partition_nodes: dict, tables, model, dense_
         "epoch": progress.next_epoch - 1,
         "tables": {nt: {"ids": ids, "rows": tables.tables[nt].weight[ids]}
                    for nt, ids in partition_nodes.items()},
-        "sparse_optimizer": tables.optimizer.local_state_dict(),
+        "row_adam": tables.optimizer.state_rows(partition_nodes),
         "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
     }
     torch.save(shard, os.path.join(directory, _rank_file(rank)))
@@ -83,7 +83,10 @@ def load(checkpoint, rank: int, tables, model, dense_optimizer, rng: np.random.G
         dense_optimizer.load_state_dict(state["optimizer"])
     for nt, saved in shard["tables"].items():
         tables.tables[nt].weight[saved["ids"]] = saved["rows"]
-    tables.optimizer.load_local_state_dict(shard["sparse_optimizer"])
+    if "row_adam" not in shard:
+        raise ValueError(f"checkpoint {checkpoint.path}: rank {rank}'s sparse optimiser state is in DGL's "
+                         "SparseAdam layout (an older recgoat_dist); start the run again with --overwrite")
+    tables.optimizer.load_state_rows({nt: saved["ids"] for nt, saved in shard["tables"].items()}, shard["row_adam"])
     rng.bit_generator.state = shard["rng"]["numpy"]
     torch.set_rng_state(shard["rng"]["torch"])
     return Progress(**state["progress"])

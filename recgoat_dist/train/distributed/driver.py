@@ -150,7 +150,7 @@ def fit(config: Config, partitions: str, out: str, *, graph_name: str, dataset: 
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config={"config": config, "spec": spec},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=config.cluster.use_gpu),
-        # gloo is the default group (CPU collectives, DGL's SparseAdam); with GPUs the engine gives
+        # gloo is the default group (CPU collectives, the sparse optimiser's row routing); with GPUs the engine gives
         # DDP its own NCCL group.
         torch_config=TorchConfig(backend="gloo"),
         run_config=RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem,

@@ -1,13 +1,13 @@
 """The distributed engine: what the one training loop runs on inside a Ray Train worker.
 
 A ``DistGraph`` (the worker is a DGL client of every partition's server), the user and item ID
-tables as ``DistEmbedding`` shards on the servers (DGL's row-wise ``SparseAdam``), the dense rest of
+tables as ``DistEmbedding`` shards on the servers (row-wise Adam by each row's owner), the dense rest of
 the model under DDP, and the historical layer tables of ``sampled`` propagation as ``DistTensor``s.
 Each worker trains on its own partition's ``rates`` edges with ``train.batch_size / N`` of the global
 batch per step; every worker takes the same number of steps (the collectives need it).
 
-Collectives on CPU tensors (step counts, metrics, barriers, DGL's ``SparseAdam``) run on gloo; with
-``cluster.use_gpu`` DDP gets its own NCCL group (DGL 2.1's ``SparseAdam`` breaks under NCCL, dgl#7333).
+Collectives on CPU tensors (step counts, metrics, barriers, the sparse optimiser's row routing) run on
+gloo; with ``cluster.use_gpu`` DDP gets its own NCCL group.
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class DistEngine:
         self.propagation = resolve_propagation(config, g.num_edges(RATES), distributed=True)
         self.own = {nt: own_nodes(g, service.partition, nt) for nt in NTYPES}
         items, user = modalities_of(g, config.model)
-        self.tables = SparseTables(g, m.dim, t.lr)
+        self.tables = SparseTables(g, m.dim, t.lr, self.group)
         self.model = build_dist_model(m, g, self.tables, items, user).to(self.device)
         objective = SampledObjective(self.model)
         dense = [p for p in objective.parameters() if p.requires_grad]

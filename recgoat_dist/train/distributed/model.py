@@ -1,8 +1,9 @@
 """The model on a distributed graph: ``recgoat_dist.model.RecGOAT`` with its ID tables on the servers.
 
 Sparse and dense parameters are kept apart on purpose. The user and item ID tables live on the
-DGL servers (``DistEmbedding``, one shard per partition) and are updated row-wise by DGL's
-``SparseAdam`` from the rows a batch touched, so no embedding table is ever all-reduced. The rest
+DGL servers (``DistEmbedding``, one shard per partition) and are updated row-wise, with DGL's
+``SparseAdam`` rule, by the rank that owns each row (:mod:`.row_adam`), from the rows a batch
+touched, so no embedding table is ever all-reduced. The rest
 of the model (projections, GAT, OAT, gammas) is the unchanged ``RecGOAT`` module wrapped in DDP:
 only its LightGCN stream's ``ego`` lookup is redirected to the distributed tables.
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from recgoat_dist.model import LightGCN, build_model
+from recgoat_dist.train.distributed.row_adam import OwnerRowAdam
 
 NTYPES = ("user", "item")
 RATES = ("user", "rates", "item")
@@ -37,26 +39,20 @@ def init_zeros(shape, dtype):
 
 
 class SparseTables:
-    """The user and item ID tables on the DGL servers, with DGL's sparse Adam."""
+    """The user and item ID tables on the DGL servers, with the row-wise Adam of their owners."""
 
-    def __init__(self, graph, dim: int, lr: float):
+    def __init__(self, graph, dim: int, lr: float, group=None):
         from dgl.distributed import DistEmbedding
-        from dgl.distributed.optim import SparseAdam
 
         self.tables = {nt: DistEmbedding(graph.num_nodes(nt), dim, name=f"{nt}_id",
                                          init_func=init_id_embedding,
                                          part_policy=graph.get_node_partition_policy(nt))
                        for nt in NTYPES}
-        self.optimizer = SparseAdam(list(self.tables.values()), lr=lr)
+        self.optimizer = OwnerRowAdam(self.tables, lr=lr, group=group)
 
     def step(self) -> None:
-        """Apply this batch's row gradients on the servers, then forget the batch's rows."""
-        # DGL's sparse optimiser keeps every looked-up row and its gradient until zero_grad()
-        # flags them for clearing at the end of the next step(). Without it each step re-applies
-        # all earlier batches' gradients and the trainer's memory grows by a batch per step.
-        self.optimizer.zero_grad()
+        """Apply this batch's row gradients on the owners' partitions, then forget the batch's rows."""
         self.optimizer.step()
-        assert not any(t._trace for t in self.tables.values()), "sparse rows still traced after step()"
 
     def lookup(self, nodes: dict) -> dict[str, torch.Tensor]:
         return {nt: self.tables[nt](nodes[nt]) for nt in NTYPES}

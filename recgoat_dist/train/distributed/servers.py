@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -127,6 +128,8 @@ class GraphServer:
         except BaseException as exc:  # noqa: BLE001 - reported through status()
             self._error = f"{type(exc).__name__}: {exc}"
         finally:
+            # The ip config and a GraphBolt copy of the partition: needed only while serving.
+            shutil.rmtree(self._workdir, ignore_errors=True)
             self._done = True
 
     def status(self) -> dict:
@@ -213,7 +216,10 @@ def connect(partitions: str, graph_name: str, token: Optional[str] = None, graph
                       DGL_NUM_SAMPLER="0")
     import dgl.distributed
     workdir = tempfile.mkdtemp(prefix="recgoat-dglclient-")
-    dgl.distributed.initialize(_write_ip_config(addresses, workdir), use_graphbolt=graphbolt)
+    try:
+        dgl.distributed.initialize(_write_ip_config(addresses, workdir), use_graphbolt=graphbolt)
+    finally:                     # DGL reads the ip config once, while it connects
+        shutil.rmtree(workdir, ignore_errors=True)
     frontier.install()
     graph = dgl.distributed.DistGraph(graph_name)
     return GraphService(graph=graph, partition=rank, num_partitions=world,
