@@ -33,17 +33,10 @@ import torch
 
 from recgoat_dist.config import Config, ConfigError
 from recgoat_dist.data.dataset import Dataset
-from recgoat_dist.train.inputs import standardise
+from recgoat_dist.train.inputs import pick_user_modality, standardise
 
 logger = logging.getLogger(__name__)
 ID_ROWS = {"id.user": "user", "id.item": "item"}
-
-
-def _user_modality(graph, requested: Optional[str]) -> Optional[str]:
-    names = sorted(k for k in graph.nodes["user"].data.keys() if not k.startswith("_"))
-    if requested is not None:
-        return requested if requested in names else None
-    return "text" if "text" in names else (names[0] if len(names) == 1 else None)
 
 
 def _row_map(old_ids: np.ndarray, new_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +72,7 @@ def warm_start_state(champion_run_url: str, config: Config, graph_url: str,
     knn = sorted(e[len("knn_"):] for e in graph.etypes if e.startswith("knn_"))
     modalities = config.model.modalities if config.model.modalities is not None else knn
     item_feats = {m: standardise(graph.nodes["item"].data[m]) for m in modalities}
-    user_mod = _user_modality(graph, config.model.user_modality)
+    user_mod = pick_user_modality(graph, config.model.user_modality)   # the trainer's rule
     user_feats = standardise(graph.nodes["user"].data[user_mod]) if user_mod else None
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, new_ds.num_users, new_ds.num_items, {m: int(x.shape[1]) for m, x in

@@ -56,7 +56,9 @@ def load_graph(graph_url: str):
     return build_heterograph(graph_url)
 
 
-def _pick_user_modality(graph, requested: Optional[str]) -> Optional[str]:
+def pick_user_modality(graph, requested: Optional[str]) -> Optional[str]:
+    """The user LM modality a model trains with: the requested one (an error if the graph lacks it),
+    else ``text``, else the only one; None when there is none or the choice is ambiguous."""
     names = sorted(k for k in graph.nodes["user"].data.keys() if not k.startswith("_"))
     if requested is not None:
         if requested not in names:
@@ -115,7 +117,7 @@ def load_inputs(config: Config, graph=None) -> TrainingInputs:
             raise ConfigError(f"config key model.modalities: {m!r} needs item features and a knn_{m} graph "
                               f"(graph has knn for {sorted(knn) or 'none'})")
         feats[m] = standardise(graph.nodes["item"].data[m])
-    user_modality = _pick_user_modality(graph, config.model.user_modality)
+    user_modality = pick_user_modality(graph, config.model.user_modality)
     user_feats = None
     if user_modality is not None:
         user_feats = standardise(graph.nodes["user"].data[user_modality])
