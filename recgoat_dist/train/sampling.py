@@ -86,8 +86,14 @@ def step_sampler(etypes, fanouts: list[int], gat_layers: int, model, knn_k: int,
     import dgl
 
     hops = sampled_hops(fanouts, max(gat_layers, model.knn_hops))
-    return dgl.dataloading.NeighborSampler(block_fanouts(etypes, fanouts, hops, knn_k, user_knn_k,
-                                                         getattr(model, "content_hops", 0)))
+    content_hops = getattr(model, "content_hops", 0)
+    fanouts = block_fanouts(etypes, fanouts, hops, knn_k, user_knn_k, content_hops)
+    if content_hops:
+        # DGL 2.1's fused CPU sampler drops a node type from a block's sources when none of its
+        # edges was drawn (the content hops draw no user edges), though its destinations keep it;
+        # the unfused path keeps them, as the ID hops need the users' rows.
+        return dgl.dataloading.NeighborSampler(fanouts, fused=False)
+    return dgl.dataloading.NeighborSampler(fanouts)
 
 
 class SeedBatch:
