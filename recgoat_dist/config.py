@@ -68,6 +68,10 @@ class ModelConfig:
     knn_refines: str = "content"       # content | id | both
     item_graph_layers: int = 1         # id / both: propagations over the item graph
     item_graph_weights: Optional[dict] = None   # id / both: {modality: weight} (default: equal; absent = 0)
+    # Where the item's fused content (OAT-transported modality features) joins the ID stream:
+    # output (added to LightGCN's output, the paper's fusion) or input (added to the item's layer-0
+    # ego embedding, so LightGCN propagates it to users and neighbours). Single-process only.
+    content_entry: str = "output"      # output | input
 
 
 @dataclass
@@ -203,6 +207,7 @@ def parse_override(text: str) -> dict:
 CHOICES = {
     ("model", "name"): ("recgoat", "lightgcn", "no_oat", "no_cmcl", "no_gat", "no_user_graph"),
     ("model", "knn_refines"): ("content", "id", "both"),
+    ("model", "content_entry"): ("output", "input"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "negatives"): ("train_items", "all"),
     ("train", "propagation"): ("auto", "full", "sampled"),
@@ -286,6 +291,10 @@ def validate(config: Config) -> Config:
     if config.cluster.num_workers >= 1 and config.train.propagation == "full":
         raise ConfigError("config key train.propagation: 'full' runs every stream on the whole graph in one "
                           "process; distributed workers (cluster.num_workers >= 1) need 'sampled' or 'auto'")
+    if config.cluster.num_workers >= 1 and config.model.content_entry == "input":
+        raise ConfigError("config key model.content_entry: 'input' is supported by the single-process engine "
+                          "only (cluster.num_workers = 0); the distributed engine's tables and landmarks "
+                          "implement content_entry=output")
     if config.cluster.num_workers >= 1 and config.train.device == "cuda" and not config.cluster.use_gpu:
         raise ConfigError("config key train.device: distributed workers run on GPUs only with cluster.use_gpu=true")
     validate_nightly(config.nightly, ConfigError)

@@ -39,14 +39,18 @@ def full_forward(model, inputs):
     return reps
 
 
-@pytest.mark.parametrize("name, refines", [(n, "content") for n in sorted(VARIANTS)]
-                         + [("recgoat", "id"), ("recgoat", "both"), ("lightgcn", "id"), ("no_oat", "both")])
-def test_layerwise_inference_equals_the_full_forward(small, name, refines):
+@pytest.mark.parametrize("name, refines, entry", [(n, "content", "output") for n in sorted(VARIANTS)]
+                         + [("recgoat", "id", "output"), ("recgoat", "both", "output"),
+                            ("lightgcn", "id", "output"), ("no_oat", "both", "output")]
+                         + [(n, "content", "input") for n in sorted(VARIANTS)]
+                         + [("recgoat", "id", "input"), ("recgoat", "both", "input"), ("no_oat", "both", "input")])
+def test_layerwise_inference_equals_the_full_forward(small, name, refines, entry):
     """The model's per-hop inference (evaluation, distributed evaluation and export all use it)
-    gives the full-graph forward's vectors within 1e-5, for every variant and for each thing the
-    KNN graphs may refine (the item graph over the ID embeddings with 2 layers: hops beyond 1)."""
+    gives the full-graph forward's vectors within 1e-5, for every variant, for each thing the
+    KNN graphs may refine (the item graph over the ID embeddings with 2 layers: hops beyond 1) and
+    for both places the content may join the ID stream (``model.content_entry``)."""
     config = config_for(small, f"model.name={name}", "model.gat_layers=2", f"model.knn_refines={refines}",
-                        "model.item_graph_layers=2")
+                        "model.item_graph_layers=2", f"model.content_entry={entry}")
     inputs = load_inputs(config)
     torch.manual_seed(0)
     model = build_model(config.model, **model_meta(inputs)).eval()

@@ -72,27 +72,51 @@ def layerwise_inference(model, tables: LayerTables, nodes: Mapping[str, torch.Te
     ``ego(ntype, ids)``: layer-0 ID rows. ``features(ntype, key, ids)``: a stream's standardised
     content features. ``sync()``: a barrier between hops, when other processes fill other nodes.
     """
-    import dgl
-
     sync = sync or (lambda: None)
     was_training = model.training
     model.eval()
     streams = content_streams(model)
+    batches = lambda ids: _batches(ids, batch_size)    # noqa: E731
     for nt in NTYPES:
-        for b in _batches(nodes[nt], batch_size):
+        if nt == "item" and model.content_input:
+            continue                   # layer 0 of items waits for their content (below)
+        for b in batches(nodes[nt]):
             tables.id[0][nt][b] = ego(nt, b)
     for key, s in streams.items():
-        for b in _batches(nodes[s.ntype], batch_size):
+        for b in batches(nodes[s.ntype]):
             tables.streams[key][0][b] = s.project(features(s.ntype, key, b))
-    item_graph = model.item_graph
-    depth = max([model.id.n_layers, model.knn_hops] + [len(s.gats) for s in streams.values()])
+    id_depth = max(model.id.n_layers, model.item_graph.layers if model.item_graph is not None else 0)
+    stream_depth = max([model.knn_hops] + [len(s.gats) for s in streams.values()])
+    if model.content_input:
+        # content_entry=input: the streams' hops, then z^(0) = e^(0) + content, then the ID hops
+        from recgoat_dist.model.content_entry import fill_layer_zero
+        _hops(model, tables, nodes, neighbours, sync, batches, stream_depth, ids=False, streams=streams)
+        sync()
+        fill_layer_zero(model, tables, nodes["item"], ego, batches)
+        _hops(model, tables, nodes, neighbours, sync, batches, id_depth, ids=True, streams={})
+    else:                              # one pass: each hop's block serves every stream
+        _hops(model, tables, nodes, neighbours, sync, batches, max(id_depth, stream_depth), ids=True,
+              streams=streams)
+    sync()
+    model.train(was_training)
+
+
+def _hops(model, tables: LayerTables, nodes, neighbours, sync, batches, depth: int, ids: bool, streams: dict
+          ) -> None:
+    """Hops ``1..depth`` of the ID stream and item graph (``ids``) and of ``streams``, each from the
+    previous hop's tables of the nodes' in-neighbours."""
+    import dgl
+
+    item_graph = model.item_graph if ids else None
     for k in range(1, depth + 1):
         sync()
         for nt in NTYPES:
-            for b in _batches(nodes[nt], batch_size):
+            if not ids and not any(s.ntype == nt and k <= len(s.gats) for s in streams.values()):
+                continue               # a streams-only hop with nothing to do for this node type
+            for b in batches(nodes[nt]):
                 block = neighbours(nt, b)
                 src = {s: block.srcnodes[s].data[dgl.NID] for s in NTYPES}
-                if k <= model.id.n_layers:
+                if ids and k <= model.id.n_layers:
                     h = model.id.hop(block, {s: tables.id[k - 1][s][src[s]] for s in NTYPES})
                     tables.id[k][nt][b] = h[nt]
                 for key, s in streams.items():
@@ -102,8 +126,6 @@ def layerwise_inference(model, tables: LayerTables, nodes: Mapping[str, torch.Te
                 if nt == "item" and item_graph is not None and k <= item_graph.layers:
                     previous = tables.id[0]["item"] if k == 1 else tables.streams[ITEM_GRAPH][k - 2]
                     tables.streams[ITEM_GRAPH][k - 1][b] = item_graph.hop(block, previous[src["item"]])
-    sync()
-    model.train(was_training)
 
 
 @torch.no_grad()

@@ -20,6 +20,10 @@ embeddings, ``h_i`` above, see :mod:`.item_graph`; content streams are projectio
 ``both``. ``h_i`` is part of the item's ID representation everywhere: scoring, CMCL's ID view and
 the OAT landmarks.
 
+Where the content joins the ID stream (``model.content_entry``): ``output`` (the blend above,
+after LightGCN) or ``input``: ``e^(0)_i + sum_m gamma_m T_m(...)`` is the item's layer-0 row, so
+LightGCN (and the item graph) propagate it to users and neighbours; see :mod:`.content_entry`.
+
 Variants (``model.name``): ``recgoat``; ``lightgcn`` (ID stream only); ``no_oat`` (modality parts
 added with learned weights, no transport); ``no_cmcl``; ``no_gat`` (content streams without graph
 attention, items and users); ``no_user_graph`` (user LM stream without the user-user graph).
@@ -47,6 +51,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
     "no_user_graph": dict(items=True, item_gat=True, user=True, user_gat=False, oat=True, cmcl=True),
 }
 KNN_REFINES = ("content", "id", "both")       # what the modality KNN graphs refine
+CONTENT_ENTRIES = ("output", "input")         # where the fused item content joins the ID stream
 
 
 @dataclass
@@ -60,6 +65,7 @@ class Representations:
     item_modal: dict[str, torch.Tensor] = field(default_factory=dict)   # modality -> (n_items_out, d)
     user_lm: Optional[torch.Tensor] = None                              # (n_users_out, d)
     item_cold: Optional[torch.Tensor] = None   # (n_items_out,) bool: no training interaction (set by callers)
+    content_oat: Optional[torch.Tensor] = None  # 0-d OAT loss of the transport into layer 0 (content_entry=input)
 
 
 @dataclass
@@ -78,13 +84,16 @@ class RecGOAT(nn.Module):
                  temperature: float = 0.2, ot_eps: float = 0.1, num_landmarks: int = 256,
                  user_lm_weight: float = 0.5, cmcl_batch: int = 256, ot_batch: int = 256,
                  knn_refines: str = "content", item_graph_layers: int = 1,
-                 item_graph_weights: Optional[Mapping[str, float]] = None):
+                 item_graph_weights: Optional[Mapping[str, float]] = None, content_entry: str = "output"):
         super().__init__()
         if name not in VARIANTS:
             raise ValueError(f"unknown model {name!r}; choose one of {sorted(VARIANTS)}")
         if knn_refines not in KNN_REFINES:
             raise ValueError(f"unknown knn_refines {knn_refines!r}; choose one of {KNN_REFINES}")
+        if content_entry not in CONTENT_ENTRIES:
+            raise ValueError(f"unknown content_entry {content_entry!r}; choose one of {CONTENT_ENTRIES}")
         self.name, self.flags = name, VARIANTS[name]
+        self.content_entry = content_entry
         self.knn_refines = knn_refines
         self.num_users, self.num_items = num_users, num_items
         self.reg_weight, self.temperature = reg_weight, temperature
@@ -134,7 +143,22 @@ class RecGOAT(nn.Module):
     def num_graph_layers(self) -> int:
         """How many graphs/blocks ``forward`` needs."""
         streams = [s for s in (*self.item_streams.values(), self.user_stream) if s is not None]
+        if self.content_hops:      # the content's GAT hops first, then the ID stream's (content_entry)
+            user = [len(self.user_stream.gats)] if self.user_stream is not None else []
+            id_hops = max([self.id.n_layers, 1, self.item_graph.layers if self.item_graph is not None else 0])
+            return max([self.content_hops + id_hops] + user)
         return max([self.id.n_layers, 1, self.knn_hops] + [len(s.gats) for s in streams])
+
+    @property
+    def content_input(self) -> bool:
+        """Whether item content enters LightGCN's layer 0 (``content_entry=input`` with item streams)."""
+        return self.content_entry == "input" and bool(self.item_streams)
+
+    @property
+    def content_hops(self) -> int:
+        """Leading graphs/blocks that only the item streams' GAT uses (``content_entry=input``: the
+        content must exist at the ID stream's input nodes, one KNN hop further out per GAT layer)."""
+        return max(len(s.gats) for s in self.item_streams.values()) if self.content_input else 0
 
     @property
     def knn_hops(self) -> int:
@@ -149,6 +173,9 @@ class RecGOAT(nn.Module):
 
         ``history(layer, ntype, ids)``: historical LightGCN layers for the layers beyond the blocks
         (sampled propagation; see :meth:`LightGCN.forward`)."""
+        if self.content_input:
+            from recgoat_dist.model.content_entry import input_forward
+            return input_forward(self, blocks, input_nodes, item_feats, user_feats, history)
         ego_inputs = self.id.ego(input_nodes)
         final, ego = self.id(blocks, input_nodes, history, ego_inputs)
         if self.item_graph is not None:
@@ -175,16 +202,27 @@ class RecGOAT(nn.Module):
         """
         if self.oat is None:
             return None
+        if self.content_input:
+            return self.ego_landmarks()
         if len(self.landmark_idx) == 0:
             self.refresh_landmarks(reps)
         return reps.item_id[self.landmark_idx]
+
+    def ego_landmarks(self) -> torch.Tensor:
+        """Landmark item *ego* rows (L, d): the OAT targets with ``content_entry=input`` (why: in
+        :mod:`.content_entry`). A sparse-gradient lookup when the ID tables are (sampled)."""
+        if len(self.landmark_idx) == 0:
+            with torch.no_grad():
+                self.landmark_idx = self._pick_item_landmarks(self.id.item, None)
+        return nn.functional.embedding(self.landmark_idx, self.id.item, sparse=self.id.sparse_grad)
 
     def user_landmarks(self, reps: Representations) -> Optional[torch.Tensor]:
         """Landmark user ID embeddings (L, d) the user LM stream is transported onto."""
         if self.user_oat is None:
             return None
         if len(self.user_landmark_idx) == 0:
-            self.refresh_landmarks(reps)
+            # input: the item landmarks already shaped this reps' items; choose the users' only
+            self._refresh_user_landmarks(reps) if self.content_input else self.refresh_landmarks(reps)
         return reps.user_id[self.user_landmark_idx]
 
     @torch.no_grad()
@@ -194,19 +232,29 @@ class RecGOAT(nn.Module):
         k-means++ costs O(N L d) with L sequential passes over N: above ``LANDMARK_POOL`` rows it
         seeds on a uniform sample of that many, so an epoch's refresh does not grow with the catalog.
         """
-        from recgoat_dist.ot import select_landmarks
         if self.oat is not None:
-            # Landmarks are transport targets: a cold item's ID vector is untrained noise.
-            pool = torch.arange(len(reps.item_id), device=reps.item_id.device)
-            if reps.item_cold is not None and not bool(reps.item_cold.all()):
-                pool = pool[~reps.item_cold]
-            pool = _pool_sample(pool)
-            chosen = select_landmarks(reps.item_id[pool], self.num_landmarks)
-            self.landmark_idx = pool[chosen].to(self.landmark_idx.device)
+            # content_entry=input transports onto ego rows: choose among those (content_entry).
+            rows = self.id.item if self.content_input else reps.item_id
+            self.landmark_idx = self._pick_item_landmarks(rows, reps.item_cold)
         if self.user_oat is not None:
-            pool = _pool_sample(torch.arange(len(reps.user_id), device=reps.user_id.device))
-            self.user_landmark_idx = pool[select_landmarks(reps.user_id[pool], self.num_landmarks)].to(
-                self.landmark_idx.device)
+            self._refresh_user_landmarks(reps)
+
+    @torch.no_grad()
+    def _refresh_user_landmarks(self, reps: Representations) -> None:
+        from recgoat_dist.ot import select_landmarks
+        pool = _pool_sample(torch.arange(len(reps.user_id), device=reps.user_id.device))
+        self.user_landmark_idx = pool[select_landmarks(reps.user_id[pool], self.num_landmarks)].to(
+            self.landmark_idx.device)
+
+    @torch.no_grad()
+    def _pick_item_landmarks(self, rows: torch.Tensor, cold: Optional[torch.Tensor]) -> torch.Tensor:
+        from recgoat_dist.ot import select_landmarks
+        # Landmarks are transport targets: a cold item's ID vector is untrained noise.
+        pool = torch.arange(len(rows), device=rows.device)
+        if cold is not None and not bool(cold.all()):
+            pool = pool[~cold.to(rows.device)]
+        pool = _pool_sample(pool)
+        return pool[select_landmarks(rows.detach()[pool], self.num_landmarks)].to(self.landmark_idx.device)
 
     def _resize_landmark_buffers(self, state_dict, prefix, *args) -> None:
         # Landmark buffers take their size from the data (at most num_landmarks, at most the
@@ -252,7 +300,7 @@ class RecGOAT(nn.Module):
         """``(fused item vectors, OAT loss)`` for ``items`` (positions among output items)."""
         base = reps.item_id[items]
         zero = base.new_zeros(())
-        if not self.item_streams:
+        if not self.item_streams or self.content_input:    # input: the content is inside item_id
             return base, zero
         if self.oat is None:
             return base + sum(self.gamma[m] * reps.item_modal[m][items] for m in self.modalities), zero
@@ -285,6 +333,8 @@ class RecGOAT(nn.Module):
             # Its content, transported into the ID space, is the model's estimate of that embedding
             # (with OAT a convex mix of landmark ID vectors; without OAT only a learned stand-in).
             items = torch.where(reps.item_cold[:, None], content, items)
+        if self.content_input:     # the content entered at layer 0 and is already inside item_id
+            return users, items
         return users, items + content
 
     @staticmethod
@@ -310,6 +360,8 @@ class RecGOAT(nn.Module):
         item_vec, oat = self.item_vectors(reps, items, landmarks)
         u, oat_users = self.user_vectors(reps, users, user_landmarks)
         oat = oat + oat_users
+        if reps.content_oat is not None:
+            oat = oat + reps.content_oat
         p, n = item_vec[:len(pos)], item_vec[len(pos):]
         bpr = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         reg = self.reg_weight * embedding_l2(reps.user_ego[users], reps.item_ego[pos], reps.item_ego[neg])
@@ -360,4 +412,4 @@ def build_model(model_config, num_users: int, num_items: int, item_feature_dims:
                    temperature=c.temperature, ot_eps=c.ot_eps, num_landmarks=c.num_landmarks,
                    user_lm_weight=c.user_lm_weight, cmcl_batch=c.cmcl_batch, ot_batch=c.ot_batch,
                    knn_refines=c.knn_refines, item_graph_layers=c.item_graph_layers,
-                   item_graph_weights=c.item_graph_weights)
+                   item_graph_weights=c.item_graph_weights, content_entry=c.content_entry)

@@ -55,12 +55,15 @@ def sampled_hops(fanouts: list[int], gat_layers: int) -> int:
     return max(len(fanouts), gat_layers, 1)
 
 
-def block_fanouts(etypes, fanouts: list[int], hops: int, knn_fanout: int, user_knn_fanout: int) -> list[dict]:
+def block_fanouts(etypes, fanouts: list[int], hops: int, knn_fanout: int, user_knn_fanout: int,
+                  content_hops: int = 0) -> list[dict]:
     """Per-hop ``{canonical etype: fanout}`` for DGL's ``NeighborSampler`` (outermost hop first).
 
     ``rates``/``rated_by`` take ``train.fanouts`` (the last value repeats for extra hops); the
     KNN item graphs take the graph's ``knn_k`` and the user-user graph its ``user_knn_k``: a KNN
     graph is symmetrised, so hubs have more than k in-edges, and k bounds what a seed pulls in.
+    ``content_hops`` more hops go outermost, for the item streams' GAT alone
+    (``model.content_entry=input``): they draw the KNN item graphs only, every other relation 0.
     """
     per_hop = (list(fanouts) + list(fanouts[-1:]) * hops)[:hops]
     out = []
@@ -71,17 +74,26 @@ def block_fanouts(etypes, fanouts: list[int], hops: int, knn_fanout: int, user_k
             hop[canonical] = f if name in ("rates", "rated_by") else (
                 user_knn_fanout if name == "uu" else knn_fanout)
         out.append(hop)
-    return out
+    content = {c: (knn_fanout if c[1].startswith("knn_") else 0) for c in etypes}
+    return [dict(content) for _ in range(content_hops)] + out
 
 
 def step_sampler(etypes, fanouts: list[int], gat_layers: int, model, knn_k: int, user_knn_k: int):
     """DGL's ``NeighborSampler`` of a ``sampled`` step, the same for both engines: one hop per
     ``train.fanouts`` entry, and at least one per GAT layer and per item-graph layer of ``model``
-    (``model.knn_hops``); per-hop fanouts from :func:`block_fanouts`."""
+    (``model.knn_hops``); per-hop fanouts from :func:`block_fanouts`. With
+    ``content_entry=input``, ``model.content_hops`` KNN-only hops more, outermost."""
     import dgl
 
     hops = sampled_hops(fanouts, max(gat_layers, model.knn_hops))
-    return dgl.dataloading.NeighborSampler(block_fanouts(etypes, fanouts, hops, knn_k, user_knn_k))
+    content_hops = getattr(model, "content_hops", 0)
+    fanouts = block_fanouts(etypes, fanouts, hops, knn_k, user_knn_k, content_hops)
+    if content_hops:
+        # DGL 2.1's fused CPU sampler drops a node type from a block's sources when none of its
+        # edges was drawn (the content hops draw no user edges), though its destinations keep it;
+        # the unfused path keeps them, as the ID hops need the users' rows.
+        return dgl.dataloading.NeighborSampler(fanouts, fused=False)
+    return dgl.dataloading.NeighborSampler(fanouts)
 
 
 class SeedBatch:
