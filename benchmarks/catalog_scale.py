@@ -9,7 +9,8 @@ features) the stages run one after another, each in its own child process, on a 
 * ``partition`` ``recgoat partition --method random`` (streaming), 2 parts;
 * ``train``     30 steps of RecGOAT in ``sampled`` mode, one Ray worker per partition
   (:func:`train_sampled`), evaluation on a 10,000-user sample (``train.eval_users``);
-* ``export``    ANN ranking (top-20, FAISS IVF, nprobe tuned, ann_recall@20 on 2,000 users) of the
+* ``export``    ANN ranking (top-20, the constant-cell FAISS IVF of :mod:`recgoat_dist.graph.ivf`,
+  nprobe tuned to recall 0.95 on 1,000 users, ann_recall@20 measured on 2,000 others) of the
   trained run's embeddings; without a published run, of stand-in embeddings: the users' LM
   features against the items' text features, which the generator places in one space;
 * ``export_lm`` the stand-in export always (a model trained for 30 steps is near its
@@ -41,6 +42,7 @@ REPO = os.path.dirname(HERE)
 STAGES = ("generate", "graph", "partition", "train", "export", "export_lm")
 TRAIN_STEPS = 30             # steps of the training stage (one epoch capped by train.max_steps_per_epoch)
 EVAL_USERS = 10_000          # train.eval_users: full ranking of every user is N x N (hours at 10^6)
+ANN_TARGET_RECALL = 0.95     # the issue's ann_recall@20 goal; nprobe's half steps overshoot it (0.97 at 1M)
 
 
 def urls(root: str, n: int) -> dict:
@@ -143,7 +145,8 @@ def trained_export(run_url: str, out_url: str, seed: int) -> dict:
     from recgoat_dist.data.dataset import Dataset
     from recgoat_dist.export.recommendations import export_run
 
-    m = export_run(run_url, out_url, top_k=20, overwrite=True, engine="ann", recall_users=2000)
+    m = export_run(run_url, out_url, top_k=20, overwrite=True, engine="ann", recall_users=2000,
+                   target_recall=ANN_TARGET_RECALL)
     ranking = m["ranking"]
     return {"model": "trained run", "run": run_url, "ranking": ranking, "ann_recall@20": ranking["ann_recall@20"],
             "projected_exact_seconds": ranking["seconds_per_user_exact"] * Dataset(m["dataset"]).num_users}
@@ -169,7 +172,7 @@ def stand_in_export(data_url: str, out_url: str, seed: int) -> dict:
     with ArtifactWriter(out_url, kind="export", overwrite=True) as writer:
         write_embeddings(writer, user_ids, item_ids, user.numpy(), item.numpy(), np.zeros(ds.num_items, bool))
         ranking = write_recommendations(writer, user, item, pairs, user_ids, item_ids, 20, engine="ann",
-                                        recall_users=2000, seed=seed)
+                                        recall_users=2000, seed=seed, target_recall=ANN_TARGET_RECALL)
         writer.commit({"dataset": data_url, "model": "stand-in (LM features)", "num_users": ds.num_users,
                        "num_items": ds.num_items, "top_k": 20, "ranking": ranking,
                        "ann_recall@20": ranking["ann_recall@20"]})
@@ -260,8 +263,8 @@ def report(results: dict, json_path: str) -> str:
                 note = f"edge cut {r['edge_cut']:,} of {sum(r['num_edges'].values()):,}"
             elif stage in ("export", "export_lm"):
                 rk = r["ranking"]
-                note = (f"ann_recall@20 {r['ann_recall@20']}, nprobe {rk['nprobe']}/{rk['nlist']}, "
-                        f"{rk['speedup_vs_exact']}x exact per user")
+                note = (f"ann_recall@20 {r['ann_recall@20']}, nprobe {rk['nprobe']}/{rk['nlist']} "
+                        f"({rk.get('index_type', 'IVF').split(' ')[0]}), {rk['speedup_vs_exact']}x exact per user")
                 note += f" ({r.get('model', 'stand-in')})"
             elif stage == "generate":
                 note = f"{r['num_interactions']:,} interactions"

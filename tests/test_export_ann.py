@@ -99,3 +99,40 @@ def test_heavy_users_are_completed(catalog):
     top = ranker.topk(users, items, np.array([0, 1]), heavy, 20)
     assert (top >= 0).all() and not heavy.contains(np.zeros((1, 20), np.int64), top[:1]).any()
     np.testing.assert_array_equal(np.sort(top[0]), np.sort(exact_top(users[:1], items, heavy, 20)[0]))
+
+
+def test_item_index_is_the_knn_constant_cell_index_with_hnsw_quantizer(catalog, tmp_path):
+    """Above ``export.ann_above`` the item index is the KNN graph's constant-cell IVF (items /
+    CELL_ROWS cells); with more cells than ``hnsw_above`` (lowered here: 234 cells > 64) its coarse
+    quantizer is HNSW. nprobe takes the KNN's half steps up to the recall target, recall is met,
+    and the written index carries the tuned nprobe and efSearch: it answers as the export ranked."""
+    import faiss
+
+    from recgoat_dist.graph.ivf import CELL_ROWS
+
+    users, items, train = catalog
+    uid = np.array([f"u{i}" for i in range(len(users))], dtype=object)
+    iid = np.array([f"i{i}" for i in range(len(items))], dtype=object)
+    with ArtifactWriter(str(tmp_path / "x"), kind="export") as w:
+        ranking = write_recommendations(w, users, items, train, uid, iid, 20, user_block=1000, engine="auto",
+                                        ann_above=10_000, recall_users=1000, hnsw_above=64)
+        w.commit({"ranking": ranking})
+    nlist = round(len(items) / CELL_ROWS)
+    assert ranking["engine"] == "ann" and ranking["nlist"] == nlist
+    assert ranking["index_type"] == f"IVF{nlist}_HNSW32,Flat (inner product)"
+    steps = [int(p) for p in ranking["tuning_recall"]]
+    assert steps == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64][:len(steps)] and steps[-1] == ranking["nprobe"]
+    assert ranking["tuning_recall"][str(ranking["nprobe"])] >= 0.97 > ranking["tuning_recall"][str(steps[-2])]
+    assert ranking["ann_recall@20"] >= 0.95 and ranking["nprobe"] * CELL_ROWS < len(items) / 4
+
+    art = Artifact(str(tmp_path / "x"), kind="export")
+    index = faiss.deserialize_index(np.frombuffer(art.read_bytes("index/items.faiss"), dtype=np.uint8))
+    ivf = faiss.extract_index_ivf(index)
+    assert ivf.nprobe == ranking["nprobe"]
+    assert faiss.downcast_index(ivf.quantizer).hnsw.efSearch == max(64, 2 * ranking["nprobe"])
+    recs = pa.concat_tables([art.read_table(f) for f in art.files("recommendations/")]).to_pandas()
+    got = np.full((len(users), 20), -1)
+    got[recs["user_id"].str[1:].astype(int).to_numpy(), recs["rank"].to_numpy()] = \
+        recs["item_id"].str[1:].astype(int).to_numpy()
+    probe = np.arange(0, len(users), 89)
+    np.testing.assert_array_equal(ann_topk(index, users, items, probe, train, 20), got[probe])

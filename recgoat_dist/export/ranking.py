@@ -5,10 +5,14 @@ Engines, chosen by catalog size as ``recgoat graph`` chooses its KNN engine:
 * ``exact``: every item scored for every user (:func:`recgoat_dist.eval.metrics.topk_items`,
   blockwise torch). ``num_users x num_items x d`` multiply-adds: fine at 10^5 items, ~10^16 at
   10M x 10M x 64, out of reach.
-* ``ann``: an inverted-file index (``IndexIVFFlat``, inner product) over the item embeddings,
-  k-means cells trained on a sample; a query scans the ``nprobe`` cells whose centroids have the
-  largest inner product with it. ``nprobe`` is doubled from 1 until recall@K against the exact
-  engine on ``tune_users`` reaches the target; recall is then *measured* on other users
+* ``ann``: an inverted-file index (IVF-Flat, inner product) over the item embeddings, built as
+  the KNN graph builds its own (:func:`recgoat_dist.graph.ivf.build_index`): constant-size cells of
+  ``CELL_ROWS`` items, k-means on a sample, an HNSW coarse quantizer above ``HNSW_ABOVE`` cells.
+  A query scans the ``nprobe`` cells whose centroids have the largest inner product with it:
+  ``nprobe x CELL_ROWS`` items whatever the catalog's size (an index of ``sqrt(N)`` cells scanned
+  ``nprobe x sqrt(N)``, so its speed-up over brute force grew only like ``sqrt(N)``). ``nprobe``
+  grows from 1 in the KNN's half steps (1, 2, 3, 4, 6, 8, 12, ...) until recall@K against the
+  exact engine on ``tune_users`` reaches the target; recall is then *measured* on other users
   (``ann_recall@K`` in the export manifest), together with the per-user time of both engines.
 
 Exclusion: a user's training items can occupy the first slots of the index's answer, so the
@@ -19,7 +23,6 @@ export for serving-side retrieval (:func:`write_index`).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 
 from recgoat_dist.eval.metrics import UserItems, topk_items
+from recgoat_dist.graph.ivf import HNSW_ABOVE, build_index, cell_nlist, next_nprobe, search_deeper, set_nprobe
 
 logger = logging.getLogger(__name__)
 
@@ -45,25 +49,14 @@ def choose_engine(engine: str, num_items: int, ann_above: int) -> tuple[str, str
     return "exact", f"{num_items} items <= export.ann_above={ann_above}"
 
 
-def default_nlist(n: int) -> int:
-    """~sqrt(n) cells with >= 39 training points each (FAISS's minimum). Fewer cells than the KNN
-    graph's 4 sqrt(n): k-means on the sample stays cheap at 10M items, and queries probe more."""
-    return int(max(1, min(round(math.sqrt(n)), n // 39)))
-
-
-def build_ann_index(item_emb: np.ndarray, nlist: int | None = None, train_per_cell: int = 50, seed: int = 0):
-    """IVF-Flat inner-product index over ``item_emb`` (float32, rows = item ids)."""
-    import faiss
-
+def build_ann_index(item_emb: np.ndarray, nlist: int | None = None, seed: int = 0,
+                    hnsw_above: int = HNSW_ABOVE) -> tuple[object, str]:
+    """IVF-Flat inner-product index over ``item_emb`` (float32, rows = item ids) with constant-size
+    cells (``nlist`` = items / ``CELL_ROWS`` by default) and the FAISS factory string it has."""
     x = np.ascontiguousarray(item_emb, dtype=np.float32)
-    n, d = x.shape
-    nlist = nlist or default_nlist(n)
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, nlist * train_per_cell), replace=False))
-    index.train(x[rows])
-    for s in range(0, n, 1 << 20):
-        index.add(x[s:s + (1 << 20)])
-    return index
+    index, spec, _, _ = build_index(x, nlist or cell_nlist(len(x)), np.random.default_rng(seed),
+                                    hnsw_above=hnsw_above)
+    return index, spec
 
 
 def build_exact_index(item_emb: np.ndarray):
@@ -106,9 +99,14 @@ def ann_topk(index, user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.nd
     """Top-``k`` non-training items of ``users`` from the index; (len(users), k) int64.
 
     A user the index leaves with fewer than ``k`` (its answer was mostly training items, or its
-    probed cells were small) is asked again with room for all its training items, and ranked
-    exactly if still short, so every user gets ``min(k, items it has not trained on)`` items.
+    probed cells were small) is asked again with room for all its training items and through
+    ``(k + degree) / k`` times as many cells: its wanted items are its top ``k + degree``, and the
+    tuned ``nprobe`` finds a top ``k``; so it looks as deep past its training items as others
+    look. A user still short is ranked exactly, so every user gets ``min(k, items it has not
+    trained on)`` items.
     """
+    import faiss
+
     n = index.ntotal
     users = np.asarray(users, dtype=np.int64)
     q = np.ascontiguousarray(user_emb[torch.from_numpy(users)].numpy(), dtype=np.float32)
@@ -119,7 +117,8 @@ def ann_topk(index, user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.nd
     short = np.nonzero((out >= 0).sum(axis=1) < reachable)[0]
     if len(short):
         width = int(min(n, k + deg[short].max()))
-        out[short] = _first_valid(index.search(q[short], width)[1], users[short], train, k)
+        deeper = faiss.extract_index_ivf(index).nprobe * -(-width // max(k, 1))
+        out[short] = _first_valid(search_deeper(index, q[short], width, deeper)[1], users[short], train, k)
         still = short[(out[short] >= 0).sum(axis=1) < reachable[short]]
         if len(still):
             exact = topk_items(user_emb, item_emb, users[still], train, k)
@@ -156,12 +155,17 @@ class AnnRanker:
 
 def tune_ann(user_emb: torch.Tensor, item_emb: torch.Tensor, train: UserItems, *, k_recall: int = 20,
              target_recall: float = 0.97, tune_users: int = 1000, recall_users: int = 2000,
-             nlist: int | None = None, seed: int = 0) -> AnnRanker:
+             nlist: int | None = None, seed: int = 0, hnsw_above: int = HNSW_ABOVE) -> AnnRanker:
     """Build the index, tune ``nprobe`` on ``tune_users`` and measure ``ann_recall@k_recall`` and
-    the per-user times of both engines on ``recall_users`` other users (all users when too few)."""
+    the per-user times of both engines on ``recall_users`` other users (all users when too few).
+    The tuned ``nprobe`` (and the HNSW quantizer's ``efSearch``) are set on the index, so the
+    serialized index answers as the export ranked."""
+    import faiss
+
     num_users, num_items = user_emb.shape[0], item_emb.shape[0]
     t0 = time.perf_counter()
-    index = build_ann_index(item_emb.numpy(), nlist=nlist, seed=seed)
+    index, spec = build_ann_index(item_emb.numpy(), nlist=nlist, seed=seed, hnsw_above=hnsw_above)
+    ivf = faiss.extract_index_ivf(index)
     t_build = time.perf_counter() - t0
     k = min(k_recall, num_items)
     perm = np.random.default_rng(seed).permutation(num_users)
@@ -170,14 +174,16 @@ def tune_ann(user_emb: torch.Tensor, item_emb: torch.Tensor, train: UserItems, *
     if len(sample) == 0:
         sample = tune
     exact_tune = topk_items(user_emb, item_emb, tune, train, k)
+    t_tune = time.perf_counter()
     curve, nprobe = {}, 1
     while True:
-        index.nprobe = nprobe
+        set_nprobe(ivf, nprobe)
         got = ann_topk(index, user_emb, item_emb, tune, train, k)
         curve[str(nprobe)] = round(recall_at_k(user_emb, item_emb, tune, got, exact_tune), 4)
-        if curve[str(nprobe)] >= target_recall or nprobe >= index.nlist:
+        if curve[str(nprobe)] >= target_recall or nprobe >= ivf.nlist:
             break
-        nprobe = min(index.nlist, 2 * nprobe)
+        nprobe = next_nprobe(nprobe, ivf.nlist)
+    t_tune = time.perf_counter() - t_tune
     t1 = time.perf_counter()
     exact = topk_items(user_emb, item_emb, sample, train, k)
     t_exact = time.perf_counter() - t1
@@ -186,8 +192,9 @@ def tune_ann(user_emb: torch.Tensor, item_emb: torch.Tensor, train: UserItems, *
     t_ann = time.perf_counter() - t2
     recall = round(recall_at_k(user_emb, item_emb, sample, got, exact), 4)
     info = {
-        "index_type": f"IVF{index.nlist},Flat (inner product)",
-        "nlist": int(index.nlist),
+        "index_type": f"{spec} (inner product)",
+        "nlist": int(ivf.nlist),
+        "cell_rows": round(num_items / ivf.nlist, 1),
         "nprobe": int(nprobe),
         "target_recall": target_recall,
         "tuning_recall": curve,
@@ -195,10 +202,11 @@ def tune_ann(user_emb: torch.Tensor, item_emb: torch.Tensor, train: UserItems, *
         f"ann_recall@{k}": recall,
         "recall_users": int(len(sample)),
         "seconds_build": round(t_build, 2),
+        "seconds_tune": round(t_tune, 2),
         "seconds_per_user_exact": t_exact / len(sample),
         "seconds_per_user_ann": t_ann / len(sample),
         "speedup_vs_exact": round(t_exact / max(t_ann, 1e-9), 2),
     }
-    logger.info("ANN index IVF%d: nprobe=%d (tuning %s), ann_recall@%d=%.4f on %d users, %.1fx faster than exact",
-                index.nlist, nprobe, curve, k, recall, len(sample), info["speedup_vs_exact"])
+    logger.info("ANN index %s: nprobe=%d (tuning %s), ann_recall@%d=%.4f on %d users, %.1fx faster than exact",
+                spec, nprobe, curve, k, recall, len(sample), info["speedup_vs_exact"])
     return AnnRanker(index, info)

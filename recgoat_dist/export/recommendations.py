@@ -6,7 +6,8 @@ Layout of the export artifact (manifest last)::
     items/part-<start>.parquet            item_id string, embedding fixed_size_list<float32>[d], cold bool
     recommendations/part-<start>.parquet  user_id string, rank int16, item_id string, score float32
     index/items.faiss                     FAISS index over the item embeddings (row = item id),
-                                          IVF-Flat above export.ann_above items, flat below
+                                          IVF-Flat (constant-size cells, nprobe tuned and
+                                          set) above export.ann_above items, flat below
 
 Scores are dot products of the exported embeddings, so ``score = <user, item>`` can be checked
 or recomputed downstream. Recommendations never contain a user's training items; cold items (no
@@ -65,12 +66,14 @@ def write_embeddings(writer: ArtifactWriter, user_ids: np.ndarray, item_ids: np.
 def write_recommendations(writer: ArtifactWriter, user_emb: torch.Tensor, item_emb: torch.Tensor,
                           train: UserItems, user_ids: np.ndarray, item_ids: np.ndarray, top_k: int, *,
                           user_block: int = 4096, engine: str = "auto", ann_above: int = 200_000,
-                          target_recall: float = 0.97, recall_users: int = 2000, seed: int = 0) -> dict:
+                          target_recall: float = 0.97, recall_users: int = 2000, seed: int = 0,
+                          hnsw_above: int | None = None) -> dict:
     """Rank the catalog for every user, block by block, and write ``recommendations/`` and
     ``index/items.faiss``; returns the manifest's ``ranking`` section.
 
     ``engine``: ``auto`` (exact up to ``ann_above`` items, the FAISS IVF index above), ``exact``
-    or ``ann`` (see :mod:`recgoat_dist.export.ranking`).
+    or ``ann`` (see :mod:`recgoat_dist.export.ranking`). ``hnsw_above``: cells above which the
+    index's coarse quantizer is HNSW (default ``graph.ivf.HNSW_ABOVE``; tests lower it).
     """
     num_users, num_items = user_emb.shape[0], item_emb.shape[0]
     engine, reason = choose_engine(engine, num_items, ann_above)
@@ -78,8 +81,9 @@ def write_recommendations(writer: ArtifactWriter, user_emb: torch.Tensor, item_e
     k = min(top_k, num_items)
     t0 = time.perf_counter()
     if engine == "ann":
+        extra = {} if hnsw_above is None else {"hnsw_above": hnsw_above}
         ranker = tune_ann(user_emb, item_emb, train, target_recall=target_recall,
-                          recall_users=recall_users, seed=seed)
+                          recall_users=recall_users, seed=seed, **extra)
         info, index = dict(ranker.info), ranker.index
         rank = ranker.topk
     else:

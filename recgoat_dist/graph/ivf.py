@@ -1,10 +1,20 @@
-"""Approximate top-K cosine candidates with a FAISS inverted-file index (IVF-Flat, inner product).
+"""FAISS inverted-file (IVF) indexes: the constant-cell builder shared by the streamed KNN graph
+and the export's item index, and approximate top-K cosine candidates for the in-memory KNN.
 
 The catalog is clustered into ``nlist`` cells (k-means on a sample); a query scans only the
 ``nprobe`` cells nearest to it. ``nprobe`` grows from 1 in half steps (1, 2, 3, 4, 6, 8, ...)
-until recall@K on a tuning sample, against the exact engine, reaches the target. The caller
-(:func:`knn.knn`) re-ranks the candidates in float64 and measures the recall of the final lists
-on a separate sample.
+until recall@K on a tuning sample, against the exact engine, reaches the target.
+
+Constant-size cells (:func:`cell_nlist`, :func:`build_index`): ``nlist = n / CELL_ROWS``, so a
+query scans ``nprobe x CELL_ROWS`` vectors whatever ``n`` is. Above ``hnsw_above`` cells the
+coarse quantizer is an HNSW index over the centroids (``IVF<nlist>_HNSW32``), so finding a
+query's cells costs ``O(log nlist)``, and k-means assigns its sample through HNSW too (with
+``nlist ~ n`` a flat assignment would cost ``n^2``). Search then costs ``O(n log n)`` for ``n``
+queries, where ``nlist ~ sqrt(n)`` cost ``O(n^1.5)``.
+
+:func:`ivf_topk` (the in-memory KNN engine, :func:`knn.knn`) keeps ``~4 sqrt(n)`` cells: it
+serves catalogs small enough that the difference does not matter; its caller re-ranks the
+candidates in float64 and measures the recall of the final lists on a separate sample.
 """
 from __future__ import annotations
 
@@ -15,6 +25,74 @@ import time
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+HNSW_ABOVE = 2048            # coarse quantizer: flat up to this many cells, HNSW above
+CELL_ROWS = 128              # rows per IVF cell: constant, so a query's scan does not grow with n
+TRAIN_PER_CELL = 40          # k-means sample per cell (FAISS warns below 39)
+KMEANS_ITER = 10             # FAISS's IVF default is 25; 10 is enough when candidates are rescored or tuned
+
+
+def cell_nlist(n: int, cell_rows: int = CELL_ROWS) -> int:
+    """``n / cell_rows`` cells (at least one; at least 39 training rows per cell)."""
+    return int(max(1, min(round(n / cell_rows), n // 39)))
+
+
+def index_spec(n: int, d: int, nlist: int, index_memory_gb: float = 0.0, pq_bits: int = 8,
+               hnsw_above: int = HNSW_ABOVE) -> tuple[str, int]:
+    """FAISS factory string and the bytes its stored vectors take.
+
+    Full float32 vectors unless they exceed ``index_memory_gb`` (> 0); then product-quantised
+    codes, one ``pq_bits``-bit code per 4 dimensions (16 bytes for 64-d at 8 bits: 16x smaller).
+    """
+    from recgoat_dist.data.dataset import DataError
+
+    quantizer = f"IVF{nlist}_HNSW32" if nlist > hnsw_above else f"IVF{nlist}"
+    flat = n * d * 4
+    if index_memory_gb <= 0 or flat <= index_memory_gb * 2 ** 30:
+        return f"{quantizer},Flat", flat
+    if d % 4:
+        raise DataError(f"a flat IVF index of {n} x {d} needs {flat / 2 ** 30:.1f} GiB > "
+                        f"graph.knn_index_memory_gb={index_memory_gb}, and PQ needs a dimension divisible by 4")
+    m = d // 4
+    return f"{quantizer},PQ{m}x{pq_bits}", n * math.ceil(m * pq_bits / 8)
+
+
+def train_index(index, x: np.ndarray, nlist: int, rng, hnsw_above: int = HNSW_ABOVE) -> int:
+    """k-means on ``TRAIN_PER_CELL`` rows per cell, drawn with ``rng``; assignment through HNSW
+    above ``hnsw_above`` cells (an inner-product IVF runs spherical k-means, whose unit centroids
+    make L2-nearest inner-product-nearest). Returns the number of training rows."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    ivf.cp.niter = KMEANS_ITER
+    if nlist > hnsw_above:
+        ivf.clustering_index = faiss.IndexHNSWFlat(x.shape[1], 32)
+    rows = np.sort(rng.choice(len(x), size=min(len(x), TRAIN_PER_CELL * nlist), replace=False))
+    index.train(np.ascontiguousarray(x[rows]))
+    return len(rows)
+
+
+def build_index(x: np.ndarray, nlist: int, rng, *, index_memory_gb: float = 0.0, pq_bits: int = 8,
+                hnsw_above: int = HNSW_ABOVE, add_block: int = 1 << 20):
+    """An inner-product IVF index over the rows of ``x`` (float32; may be memory-mapped), trained on
+    a sample and filled block by block. Returns ``(index, factory string, bytes of stored vectors,
+    training rows)``."""
+    import faiss
+
+    n, d = x.shape
+    spec, index_bytes = index_spec(n, d, nlist, index_memory_gb, pq_bits, hnsw_above)
+    index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+    train_rows = train_index(index, x, nlist, rng, hnsw_above)
+    for s in range(0, n, add_block):
+        index.add(np.ascontiguousarray(x[s:s + add_block], dtype=np.float32))
+    return index, spec, index_bytes, train_rows
+
+
+def next_nprobe(nprobe: int, nlist: int) -> int:
+    """The step after ``nprobe`` in 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and the steps
+    half-way between them), capped at ``nlist``. The half steps matter: at a constant cell size
+    the search costs ``nprobe``, and doubling past a recall target wastes up to 2x."""
+    return min(nlist, nprobe + max(1, nprobe // 2) if nprobe & (nprobe - 1) == 0 else nprobe * 4 // 3)
 
 
 def default_nlist(n: int) -> int:
@@ -61,12 +139,29 @@ def set_nprobe(ivf, nprobe: int) -> None:
         quantizer.hnsw.efSearch = max(64, 2 * nprobe)
 
 
+def search_deeper(index, queries: np.ndarray, k: int, nprobe: int):
+    """``index.search`` with ``nprobe`` cells for this call only (the index keeps its own setting);
+    an HNSW coarse quantizer gets ``efSearch >= 2 nprobe`` as in :func:`set_nprobe`."""
+    import faiss
+
+    ivf = faiss.extract_index_ivf(index)
+    params = faiss.SearchParametersIVF()
+    params.nprobe = int(min(ivf.nlist, nprobe))
+    beam = None      # held here: FAISS does not own the quantizer's parameters
+    if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
+        beam = faiss.SearchParametersHNSW()
+        beam.efSearch = max(64, 2 * params.nprobe)
+        params.quantizer_params = beam
+    out = index.search(queries, k, params=params)
+    del beam
+    return out
+
+
 def tune_nprobe(ivf, index, x: np.ndarray, tune_rows: np.ndarray, k: int, nlist: int,
                 target_recall: float) -> tuple[int, dict[str, float]]:
-    """The smallest ``nprobe`` of 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and the steps
-    half-way between them; set on ``ivf``, searched through ``index``) whose recall@k against exact
-    search on ``tune_rows`` reaches ``target_recall``, and the curve. The half steps matter: at a
-    constant cell size the search costs ``nprobe``, and doubling past the target wastes up to 2x."""
+    """The smallest ``nprobe`` of :func:`next_nprobe`'s steps (set on ``ivf``, searched through
+    ``index``) whose recall@k against exact search on ``tune_rows`` reaches ``target_recall``, and
+    the curve."""
     from recgoat_dist.graph.knn import exact_topk, recall_at_k
 
     exact_i, exact_v = exact_topk(x, k, tune_rows)
@@ -78,7 +173,7 @@ def tune_nprobe(ivf, index, x: np.ndarray, tune_rows: np.ndarray, k: int, nlist:
         curve[str(nprobe)] = round(recall_at_k(approx_i, approx_v, exact_i, exact_v), 4)
         if curve[str(nprobe)] >= target_recall or nprobe >= nlist:
             return nprobe, curve
-        nprobe = min(nlist, nprobe + max(1, nprobe // 2) if nprobe & (nprobe - 1) == 0 else nprobe * 4 // 3)
+        nprobe = next_nprobe(nprobe, nlist)
 
 
 def ivf_topk(x: np.ndarray, k: int, extra: int, *, tune_rows: np.ndarray, target_recall: float = 0.95,

@@ -40,53 +40,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from recgoat_dist.data.dataset import DataError
+# The constant-cell index is graph.ivf's (shared with the export's item index); re-exported here.
+from recgoat_dist.graph.ivf import CELL_ROWS, build_index, index_spec  # noqa: F401
+from recgoat_dist.graph.ivf import HNSW_ABOVE as _HNSW_ABOVE
+from recgoat_dist.graph.ivf import cell_nlist as stream_nlist
 
 logger = logging.getLogger(__name__)
 
-HNSW_ABOVE = 2048            # coarse quantizer: flat up to this many cells, HNSW above
-CELL_ROWS = 128              # rows per IVF cell: constant, so a query's scan does not grow with n
-TRAIN_PER_CELL = 40          # k-means sample per cell (FAISS warns below 39)
-KMEANS_ITER = 10             # FAISS's IVF default is 25; 10 is enough with the rows rescored exactly
+HNSW_ABOVE = _HNSW_ABOVE     # coarse quantizer: flat up to this many cells, HNSW above (read per call)
 BUCKET_EDGES = 20_000_000    # directed edges per symmetrisation bucket (~400 MB in memory)
 SEARCH_BLOCK = 65_536
-
-
-def stream_nlist(n: int) -> int:
-    """``n / CELL_ROWS`` cells (at least one; at least 39 training rows per cell)."""
-    return int(max(1, min(round(n / CELL_ROWS), n // 39)))
-
-
-def _train(index, x: np.ndarray, nlist: int, d: int, rng) -> int:
-    """k-means on ``TRAIN_PER_CELL`` rows per cell; assignment through HNSW when the quantizer is
-    HNSW (spherical k-means keeps centroids unit, so L2-nearest is inner-product-nearest).
-    Returns the number of training rows."""
-    import faiss
-
-    ivf = faiss.extract_index_ivf(index)
-    ivf.cp.niter = KMEANS_ITER
-    if nlist > HNSW_ABOVE:
-        ivf.clustering_index = faiss.IndexHNSWFlat(d, 32)
-    rows = np.sort(rng.choice(len(x), size=min(len(x), TRAIN_PER_CELL * nlist), replace=False))
-    index.train(np.ascontiguousarray(x[rows]))
-    return len(rows)
-
-
-def index_spec(n: int, d: int, nlist: int, index_memory_gb: float, pq_bits: int = 8) -> tuple[str, int]:
-    """FAISS factory string and the bytes its stored vectors take.
-
-    Full float32 vectors unless they exceed ``index_memory_gb`` (> 0); then product-quantised
-    codes, one ``pq_bits``-bit code per 4 dimensions (16 bytes for 64-d at 8 bits: 16x smaller).
-    Candidates are rescored exactly either way, so PQ costs recall only through the candidates.
-    """
-    quantizer = f"IVF{nlist}_HNSW32" if nlist > HNSW_ABOVE else f"IVF{nlist}"
-    flat = n * d * 4
-    if index_memory_gb <= 0 or flat <= index_memory_gb * 2 ** 30:
-        return f"{quantizer},Flat", flat
-    if d % 4:
-        raise DataError(f"a flat IVF index of {n} x {d} needs {flat / 2 ** 30:.1f} GiB > "
-                        f"graph.knn_index_memory_gb={index_memory_gb}, and PQ needs a dimension divisible by 4")
-    m = d // 4
-    return f"{quantizer},PQ{m}x{pq_bits}", n * math.ceil(m * pq_bits / 8)
 
 
 def _unit_rows(blocks: Iterator[np.ndarray], n: int, d: int, path: str) -> np.memmap:
@@ -172,12 +135,9 @@ def stream_knn(read_blocks: Callable[[], Iterator[np.ndarray]], n: int, d: int, 
         t_read = time.perf_counter() - t0
         rng = np.random.default_rng(seed)
         nlist = nlist or stream_nlist(n)
-        spec, index_bytes = index_spec(n, d, nlist, index_memory_gb, pq_bits)
-        index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
         t1 = time.perf_counter()
-        train_rows = _train(index, x, nlist, d, rng)
-        for s in range(0, n, 1 << 20):
-            index.add(np.ascontiguousarray(x[s:s + (1 << 20)]))
+        index, spec, index_bytes, train_rows = build_index(x, nlist, rng, index_memory_gb=index_memory_gb,
+                                                           pq_bits=pq_bits, hnsw_above=HNSW_ABOVE)
         t_build = time.perf_counter() - t1
         ivf = faiss.extract_index_ivf(index)
 

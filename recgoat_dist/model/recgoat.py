@@ -312,18 +312,23 @@ class RecGOAT(nn.Module):
         return fused[inverse], loss
 
     @torch.no_grad()
-    def final_embeddings(self, reps: Representations, batch_size: int = 65536
+    def final_embeddings(self, reps: Representations, batch_size: int = 65536,
+                         landmarks: Optional[torch.Tensor] = None, user_landmarks: Optional[torch.Tensor] = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(users (U, d), items (I, d))`` to rank with, from a full-graph forward pass."""
+        """``(users (U, d), items (I, d))`` to rank with, from a full-graph forward pass; or from a
+        block of its rows, given the full graph's OAT ``landmarks`` / ``user_landmarks`` (L, d) and
+        fitted potentials: each row's vectors depend only on its own representations and those."""
         users = reps.user_id
         if reps.user_lm is not None and self.user_lm_weight != 0:
             lm = reps.user_lm
             if self.user_oat is not None:
-                lm = self._transport_all(self.user_oat, {"lm": lm}, self.user_landmarks(reps), batch_size)
+                user_landmarks = self.user_landmarks(reps) if user_landmarks is None else user_landmarks
+                lm = self._transport_all(self.user_oat, {"lm": lm}, user_landmarks, batch_size)
             users = users + self.user_lm_weight * lm
         items, content = reps.item_id, None
         if self.oat is not None:
-            content = self._transport_all(self.oat, reps.item_modal, self.landmarks(reps), batch_size)
+            landmarks = self.landmarks(reps) if landmarks is None else landmarks
+            content = self._transport_all(self.oat, reps.item_modal, landmarks, batch_size)
         elif self.gamma is not None:
             content = sum(self.gamma[m] * reps.item_modal[m] for m in self.modalities)
         if content is None:

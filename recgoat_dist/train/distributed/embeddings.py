@@ -1,8 +1,10 @@
 """Final embeddings of a distributed run, written by the workers: ``<run>/embeddings``.
 
 Each worker writes its own partition's users, with the vectors of the layer-wise full inference
-(``DistEngine.vectors``); rank 0 also writes every item. No worker holds the graph: it pulls
-the final vector tables (users x dim and items x dim) from the servers. Rows are keyed by *dataset* ids (DGL
+(``DistEngine.vectors``); rank 0 also writes every item. No worker holds the graph or a layer
+table: a file's users are finished from the servers' layer tables when that file is written
+(:class:`~recgoat_dist.train.distributed.inference.UsersOnDemand`), so a worker holds one file's
+users and the item vectors (items x dim). Rows are keyed by *dataset* ids (DGL
 renumbers nodes when it partitions; the partitions' id maps undo that), so the artifact does not
 depend on the partitioning. The workers only write data files; the driver publishes the manifest
 (:func:`publish_embeddings`) once every worker has finished, so a reader never sees a partial set.
@@ -36,9 +38,10 @@ def embedding_rows(id_name: str, ids: np.ndarray, emb: torch.Tensor, **extra) ->
                      **{k: pa.array(v) for k, v in extra.items()}})
 
 
-def write_partition_embeddings(s, id_maps: str, out: str, users: torch.Tensor, items: torch.Tensor) -> dict:
-    """Write this worker's rows under ``out``: ``users`` (its partition's) and, on rank 0,
-    ``items`` (all), as ``inference.final_vectors`` returns them. Returns the files (no manifest)."""
+def write_partition_embeddings(s, id_maps: str, out: str, users, items: torch.Tensor) -> dict:
+    """Write this worker's rows under ``out``: ``users`` (its partition's, in ``own["user"]``
+    order: a tensor, or :class:`UsersOnDemand`, sliced one file of rows at a time) and, on rank 0,
+    ``items`` (all). Returns the files (no manifest)."""
     from recgoat_dist.graph import load_id_maps
 
     start = time.perf_counter()

@@ -24,10 +24,11 @@ import torch
 
 from recgoat_dist.config import Config
 from recgoat_dist.eval import UserItems
-from recgoat_dist.model import LayerTables, full_representations
+from recgoat_dist.model import LayerTables
 from recgoat_dist.train.distributed import checkpoint
-from recgoat_dist.train.distributed.inference import (evaluate_partition, layerwise_inference, load_eval_data,
-                                                      own_nodes, pull_landmarks)
+from recgoat_dist.train.distributed.inference import (FinalVectors, UsersOnDemand, evaluate_partition,
+                                                      layerwise_inference, load_eval_data, own_nodes,
+                                                      pull_landmarks)
 from recgoat_dist.train.distributed.model import (NTYPES, RATES, NodeInputs, SparseTables, build_dist_model,
                                                   in_edges, modalities_of, pull_all)
 from recgoat_dist.train.engine import resolve_propagation
@@ -187,17 +188,30 @@ class DistEngine:
         return {"loss": float(total), **parts}, len(users), seed.num_seeds, inputs
 
     def evaluate(self, splits: tuple = ("valid",), cold: bool = False) -> dict:
-        users, items = self.vectors()
-        self.last_vectors = (users, items)
         heldout = {split: self.eval_data[split] for split in splits}
         item_cold = self.inputs.item_cold.numpy()
         if cold and item_cold.any():        # the same on every worker: the collectives run everywhere
             for split in splits:
                 rows, held = self.eval_data[split]
                 heldout[f"{split}_cold"] = (rows[item_cold[held]], held[item_cold[held]])
+        # Vectors of the users with held-out items only (train.eval_users samples them); the
+        # pairs are renumbered to rows of that subset, in the same order, so the ranking is unchanged.
+        evaluated = np.unique(np.concatenate([rows for rows, _ in heldout.values()]))
+        users, items = self.vectors(evaluated)
+        # Every user of the partition, for the final embeddings: computed block by block when written.
+        self.last_vectors = (UsersOnDemand(self.final, self.own["user"]), items)
+        position = np.full(len(self.own["user"]), -1, dtype=np.int64)
+        position[evaluated] = np.arange(len(evaluated))
+
+        def subset(pairs):
+            rows, held = pairs
+            keep = position[rows] >= 0
+            return position[rows[keep]], held[keep]
+
         t = self.config.train
-        out = evaluate_partition(users, items, self.eval_data["train"], heldout, t.topk, t.eval_user_block,
-                                 t.eval_item_block, self.group)
+        out = evaluate_partition(users, items, subset(self.eval_data["train"]),
+                                 {split: subset(pairs) for split, pairs in heldout.items()}, t.topk,
+                                 t.eval_user_block, t.eval_item_block, self.group)
         # As single-process runs: no cold split without a held-out interaction on a cold item
         # (num_users is all-reduced, so every worker drops the same splits).
         return {k: v for k, v in out.items() if not (k.endswith("_cold") and v["num_users"] == 0)}
@@ -291,14 +305,22 @@ class DistEngine:
         layerwise_inference(self.model, self.graph, self.own, self.tables, self.inputs, self.layers, self.device)
         self.fresh = True
 
-    def vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(this partition's user vectors, all item vectors)`` by layer-wise inference."""
+    def vectors(self, user_rows: Optional[np.ndarray] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(vectors of this partition's users at rows user_rows of own["user"] (default: all),
+        all item vectors)`` by layer-wise inference (collective), finished block by block
+        (:class:`FinalVectors`, kept as ``self.final`` for the embeddings writer)."""
         self.sync_buffers()
         self.refresh()
-        reps = full_representations(self.layers, lambda fn, nt: pull_all(self.graph, nt, fn))
-        reps.item_cold = self.inputs.item_cold
-        users, items = self.model.final_embeddings(reps)
-        return users[self.own["user"]].cpu(), items.cpu()
+        m = self.model
+        if any(oat is not None and len(idx) == 0
+               for oat, idx in ((m.oat, m.landmark_idx), (m.user_oat, m.user_landmark_idx))):
+            # An epoch start (or a checkpoint) picks them; this covers a model that never started one.
+            pull_landmarks(m, self.graph, self.layers, self.inputs.item_cold, self.group)
+        self.final = FinalVectors(self.model, self.layers, self.inputs.item_cold,
+                                  lambda fn, nt: pull_all(self.graph, nt, fn))
+        own = self.own["user"]
+        users = own if user_rows is None else own[torch.from_numpy(np.asarray(user_rows, dtype=np.int64))]
+        return self.final.users(users), self.final.items()
 
     def history(self, layer: int, ntype: str, ids: torch.Tensor) -> torch.Tensor:
         return self.layers.history(layer, ntype, ids.cpu()).to(self.device)

@@ -3,9 +3,9 @@
 Inference is the model's own (:meth:`RecGOAT.inference`): here it gets the distributed callables.
 Each worker computes hop ``k`` for its own partition's nodes from hop ``k-1`` of their neighbours
 (pulled from the servers), writes it to the ``DistTensor`` layer tables, and waits for the others
-before the next hop. No worker ever holds the graph; the largest things one holds are the final
-vector tables pulled from the servers (users x dim and items x dim per stream) while it ranks its
-own users.
+before the next hop. No worker ever holds the graph or a whole layer table: the final vectors are
+finished a block of rows at a time (:class:`FinalVectors`), so the largest things one holds are
+the d-dim final vectors of every item and of the users it evaluates.
 
 Evaluation follows MMRec's full-ranking protocol (``recgoat_dist.eval``): every metric is a mean
 over evaluated users, so each worker evaluates its own users and the sums are all-reduced.
@@ -66,6 +66,89 @@ def layerwise_inference(model, graph, own: dict, tables, inputs: NodeInputs, lay
     view = LayerTables(id=[{nt: _ToServers(t) for nt, t in hop.items()} for hop in layers.id],
                        streams={k: [_ToServers(t) for t in hops] for k, hops in layers.streams.items()})
     model.inference(view, own, neighbours, ego, features, sync=lambda: _sync(graph), batch_size=batch_size)
+
+
+class FinalVectors:
+    """The vectors a run ranks and exports, finished from the layer tables a block of rows at a
+    time: a block's user and item representations are pulled (:func:`full_representations` on
+    those rows), :meth:`RecGOAT.final_embeddings` finishes them given the OAT landmark vectors
+    (pulled once), and only the d-dim result is kept. Every row's vectors depend only on its own
+    representations and the landmarks, so the result is the all-at-once one; pulling every table
+    whole held ``(streams + 1) x (users + items) x d`` floats on each worker, several GB at 10^6.
+
+    ``tables`` must hold the current model's layer-wise inference. ``pull(table_fn, ntype)``: all
+    rows of ``ntype`` (used only to fit OAT potentials of a model that never trained, on every row
+    as ``final_embeddings`` fits them). The model's landmarks must be picked (:func:`pull_landmarks`).
+    """
+
+    def __init__(self, model, tables: LayerTables, item_cold: torch.Tensor, pull, block: int = 65536):
+        self.model, self.tables, self.item_cold, self.block = model, tables, item_cold, block
+        self.num = {nt: tables.id[0][nt].shape[0] for nt in NTYPES}
+        self.dim = tables.id[0]["user"].shape[1]
+        self.one = torch.zeros(1, dtype=torch.int64)       # the other node type's side of a block
+        self.landmarks = self.user_landmarks = None
+        if model.oat is not None or model.user_oat is not None:
+            ids = [model.landmark_idx, model.user_landmark_idx]
+            if any(oat is not None and len(i) == 0 for oat, i in zip((model.oat, model.user_oat), ids)):
+                raise ValueError("no OAT landmarks picked yet: call pull_landmarks first")
+            item_ids, user_ids = (i.cpu() if len(i) else self.one for i in ids)
+            reps = self._reps(user_ids, item_ids, with_streams=False)
+            self.landmarks = reps.item_id if model.oat is not None else None
+            self.user_landmarks = reps.user_id if model.user_oat is not None else None
+        self._fit_untrained_potentials(pull)
+
+    def _reps(self, users: torch.Tensor, items: torch.Tensor, with_streams: bool = True):
+        ids = {"user": users, "item": items}
+        reps = full_representations(self.tables, lambda fn, nt: fn(ids[nt]), with_streams=with_streams)
+        reps.item_cold = None if self.item_cold is None else self.item_cold[items]
+        return reps
+
+    def _fit_untrained_potentials(self, pull) -> None:
+        """What ``final_embeddings`` does for OAT potentials never stored: fit them on every row."""
+        m = self.model
+        item_fit = m.oat is not None and not bool(m.oat.potentials_ready.all())
+        user_fit = (m.user_oat is not None and m.user_lm_weight != 0 and USER_STREAM in self.tables.streams
+                    and not bool(m.user_oat.potentials_ready.all()))
+        if not (item_fit or user_fit):
+            return
+        reps = full_representations(self.tables, pull)
+        if user_fit:
+            m.user_oat.fit_potentials({"lm": reps.user_lm}, self.user_landmarks)
+        if item_fit:
+            m.oat.fit_potentials(reps.item_modal, self.landmarks)
+
+    def rows(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final vectors of ``users`` and ``items`` (non-empty id tensors), on the CPU."""
+        u, i = self.model.final_embeddings(self._reps(users, items), landmarks=self.landmarks,
+                                           user_landmarks=self.user_landmarks)
+        return u.cpu(), i.cpu()
+
+    def users(self, ids: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(len(ids), self.dim)
+        for lo in range(0, len(ids), self.block):
+            out[lo:lo + self.block] = self.rows(ids[lo:lo + self.block], self.one)[0]
+        return out
+
+    def items(self, ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        ids = torch.arange(self.num["item"]) if ids is None else ids
+        out = torch.empty(len(ids), self.dim)
+        for lo in range(0, len(ids), self.block):
+            out[lo:lo + self.block] = self.rows(self.one, ids[lo:lo + self.block])[1]
+        return out
+
+
+class UsersOnDemand:
+    """``vectors[lo:hi]``: the final vectors of ``ids[lo:hi]``, computed when asked, so that the
+    embeddings writer can write every user of a partition one file at a time."""
+
+    def __init__(self, final: FinalVectors, ids: torch.Tensor):
+        self.final, self.ids = final, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        return self.final.users(self.ids[rows])
 
 
 @torch.no_grad()
