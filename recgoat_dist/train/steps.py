@@ -69,6 +69,8 @@ def sampled_loss(objective, graph, sampler, batch: SeedBatch, features: Callable
 
 def landmark_seeds(model: RecGOAT) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """The landmark items and users a sampled step adds to its seeds (OAT variants only)."""
-    items = model.landmark_idx if model.oat is not None and len(model.landmark_idx) else None
+    # content_entry=input transports onto the landmarks' ego rows, looked up without a block.
+    items = (model.landmark_idx if model.oat is not None and not model.content_input and len(model.landmark_idx)
+             else None)
     users = model.user_landmark_idx if model.user_oat is not None and len(model.user_landmark_idx) else None
     return items, users
