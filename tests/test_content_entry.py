@@ -12,21 +12,12 @@ from recgoat_dist.model import build_model
 from recgoat_dist.train.engine import (LocalEngine, layerwise_tables, local_tables, model_meta,
                                        training_degrees)
 from recgoat_dist.train.inputs import load_inputs
-from test_engines import config_for, full_forward, synthetic_graph
+from test_engines import assert_sampled_equals_full, config_for, full_forward, perturbed_model, synthetic_graph
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     return synthetic_graph(tmp_path_factory.mktemp("content_entry"), 150, 120, seed=0, knn_k=5, user_knn_k=5)
-
-
-def perturbed_model(config, inputs):
-    torch.manual_seed(0)
-    model = build_model(config.model, **model_meta(inputs)).eval()
-    with torch.no_grad():
-        for p in model.parameters():           # no stream near its initial value
-            p.add_(0.1 * torch.randn_like(p))
-    return model
 
 
 def test_content_entry_is_range_checked_and_refused_by_the_distributed_engine():
@@ -77,10 +68,6 @@ def test_input_transports_onto_landmark_ego_rows(small):
 def test_sampled_input_with_every_neighbour_reproduces_the_full_forward(small, refines):
     """Sampled ``input``: one KNN hop for the content (GAT), one exact ID hop, LightGCN layers 2-3
     from the history of a fresh layer-wise inference == the full forward (every neighbour)."""
-    import dgl
-
-    from recgoat_dist.train.steps import attach_degrees
-
     config = config_for(small, f"model.knn_refines={refines}", "model.content_entry=input")
     inputs = load_inputs(config)
     model = perturbed_model(config, inputs)
@@ -89,15 +76,7 @@ def test_sampled_input_with_every_neighbour_reproduces_the_full_forward(small, r
     with torch.no_grad():
         full = full_forward(model, inputs)
         layerwise_tables(model, inputs, tables, inputs.item_feats, inputs.user_feats, degree)
-        seeds = {"user": torch.tensor([0, 3, 7, 20]), "item": torch.tensor([1, 2, 50, 99])}
-        input_nodes, _, blocks = dgl.dataloading.NeighborSampler([-1, -1]).sample_blocks(inputs.graph, seeds)
-        attach_degrees(blocks, lambda nt, ids: degree[nt][ids])
-        feats = {m: x[input_nodes["item"]] for m, x in inputs.item_feats.items()}
-        reps = model(blocks, input_nodes, feats, inputs.user_feats[input_nodes["user"]], tables.history)
-    for got, want in ((reps.user_id, full.user_id[seeds["user"]]), (reps.item_id, full.item_id[seeds["item"]]),
-                      (reps.item_modal["text"], full.item_modal["text"][seeds["item"]]),
-                      (reps.user_lm, full.user_lm[seeds["user"]])):
-        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert_sampled_equals_full(model, inputs, tables, degree, full, [-1, -1])
 
 
 def test_sampled_training_with_input_draws_knn_only_content_hops(small, tmp_path):

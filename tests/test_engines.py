@@ -32,6 +32,35 @@ def config_for(graph: str, *overrides: str):
                               "model.num_landmarks=32", *overrides])
 
 
+def perturbed_model(config, inputs):
+    """The model of ``config`` with every parameter moved, so that no stream is near its initial value."""
+    torch.manual_seed(0)
+    model = build_model(config.model, **model_meta(inputs)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def assert_sampled_equals_full(model, inputs, tables, degree, full, fanouts: list) -> None:
+    """Blocks of a few seeds with ``fanouts`` (every neighbour: -1) and the historical ``tables``
+    give the full forward's rows of those seeds, for every stream."""
+    import dgl
+
+    from recgoat_dist.train.steps import attach_degrees
+
+    seeds = {"user": torch.tensor([0, 3, 7, 20]), "item": torch.tensor([1, 2, 50, 99])}
+    with torch.no_grad():
+        input_nodes, _, blocks = dgl.dataloading.NeighborSampler(fanouts).sample_blocks(inputs.graph, seeds)
+        attach_degrees(blocks, lambda nt, ids: degree[nt][ids])
+        feats = {m: x[input_nodes["item"]] for m, x in inputs.item_feats.items()}
+        reps = model(blocks, input_nodes, feats, inputs.user_feats[input_nodes["user"]], tables.history)
+    for got, want in ((reps.user_id, full.user_id[seeds["user"]]), (reps.item_id, full.item_id[seeds["item"]]),
+                      (reps.item_modal["text"], full.item_modal["text"][seeds["item"]]),
+                      (reps.user_lm, full.user_lm[seeds["user"]])):
+        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+
+
 def full_forward(model, inputs):
     nodes = {"user": torch.arange(inputs.num_users), "item": torch.arange(inputs.num_items)}
     reps = model([inputs.graph] * model.num_graph_layers, nodes, inputs.item_feats, inputs.user_feats)
@@ -52,12 +81,8 @@ def test_layerwise_inference_equals_the_full_forward(small, name, refines, entry
     config = config_for(small, f"model.name={name}", "model.gat_layers=2", f"model.knn_refines={refines}",
                         "model.item_graph_layers=2", f"model.content_entry={entry}")
     inputs = load_inputs(config)
-    torch.manual_seed(0)
-    model = build_model(config.model, **model_meta(inputs)).eval()
+    model = perturbed_model(config, inputs)
     with torch.no_grad():
-        # perturb every parameter so that no stream is near its initial value
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
         users_full, items_full = model.final_embeddings(full_forward(model, inputs))
     users, items = infer_embeddings(model, inputs, config.model.dim)
     assert torch.allclose(users, users_full, atol=1e-5), (users - users_full).abs().max()
@@ -69,30 +94,18 @@ def test_history_with_every_neighbour_reproduces_the_full_forward(small, refines
     """Sampled propagation: 1 exact hop with every neighbour, LightGCN layers 2-3 from the
     historical tables of a fresh layer-wise inference == the full forward, for any seeds (with
     ``both``, the item graph's one layer runs on the sampled KNN edges of that hop)."""
-    import dgl
-
-    from recgoat_dist.train.steps import attach_degrees
+    from recgoat_dist.train.engine import layerwise_tables
 
     config = config_for(small, "model.name=recgoat", f"model.knn_refines={refines}")
     inputs = load_inputs(config)
     torch.manual_seed(0)
     model = build_model(config.model, **model_meta(inputs)).eval()
     tables = local_tables(model, inputs, config.model.dim, torch.device("cpu"))
-    engine_degree = training_degrees(inputs)
-    from recgoat_dist.train.engine import layerwise_tables
+    degree = training_degrees(inputs)
     with torch.no_grad():
         full = full_forward(model, inputs)
-        layerwise_tables(model, inputs, tables, inputs.item_feats, inputs.user_feats, engine_degree)
-        seeds = {"user": torch.tensor([0, 3, 7, 20]), "item": torch.tensor([1, 2, 50, 99])}
-        sampler = dgl.dataloading.NeighborSampler([-1])
-        input_nodes, _, blocks = sampler.sample_blocks(inputs.graph, seeds)
-        attach_degrees(blocks, lambda nt, ids: engine_degree[nt][ids])
-        feats = {m: x[input_nodes["item"]] for m, x in inputs.item_feats.items()}
-        reps = model(blocks, input_nodes, feats, inputs.user_feats[input_nodes["user"]], tables.history)
-    for got, want in ((reps.user_id, full.user_id[seeds["user"]]), (reps.item_id, full.item_id[seeds["item"]]),
-                      (reps.item_modal["text"], full.item_modal["text"][seeds["item"]]),
-                      (reps.user_lm, full.user_lm[seeds["user"]])):
-        assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+        layerwise_tables(model, inputs, tables, inputs.item_feats, inputs.user_feats, degree)
+    assert_sampled_equals_full(model, inputs, tables, degree, full, [-1])
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from recgoat_dist.model import VARIANTS, build_model, full_representations
+from recgoat_dist.model import VARIANTS, full_representations
 from recgoat_dist.train.distributed.inference import FinalVectors, UsersOnDemand
-from recgoat_dist.train.engine import layerwise_tables, local_tables, model_meta, training_degrees
+from recgoat_dist.train.engine import layerwise_tables, local_tables, training_degrees
 from recgoat_dist.train.inputs import load_inputs
+from test_engines import perturbed_model, synthetic_graph
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    from recgoat_dist.data.synthetic import generate_synthetic
-    from recgoat_dist.graph import build_graph
-
-    root = tmp_path_factory.mktemp("final_vectors")
-    generate_synthetic(str(root / "data"), users=150, items=120, seed=0)
-    build_graph(str(root / "data"), str(root / "graph"), knn_k=5, user_knn_k=5)
-    return str(root / "graph")
+    return synthetic_graph(tmp_path_factory.mktemp("final_vectors"), 150, 120, seed=0, knn_k=5, user_knn_k=5)
 
 
 def filled_tables(small, name: str):
@@ -35,11 +30,7 @@ def filled_tables(small, name: str):
     config = load_config(None, [f"data.graph={small}", "model.dim=16", "model.n_layers=2", f"model.name={name}",
                                 "model.num_landmarks=16", "model.gat_layers=2"])
     inputs = load_inputs(config)
-    torch.manual_seed(0)
-    model = build_model(config.model, **model_meta(inputs)).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+    model = perturbed_model(config, inputs)
     tables = local_tables(model, inputs, config.model.dim, torch.device("cpu"))
     item_feats = dict(inputs.item_feats)
     layerwise_tables(model, inputs, tables, item_feats, inputs.user_feats, training_degrees(inputs))
