@@ -16,13 +16,11 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-os.environ.setdefault("DGLBACKEND", "pytorch")
-os.environ["DGL_DIST_MODE"] = "standalone"
+from benchmarks.standalone import one_partition_graph  # noqa: E402 - sets DGL's mode before DGL loads
 
 
 def main() -> int:
@@ -40,12 +38,7 @@ def main() -> int:
     from benchmarks.step_cost import make_graph
     from recgoat_dist.train.distributed import frontier
 
-    root = tempfile.mkdtemp(prefix="rg-frontier-")
-    g = make_graph(args.items)
-    dgl.distributed.partition_graph(g, "bench", 1, root, part_method="random")
-    del g
-    dgl.distributed.initialize(None)
-    dg = dgl.distributed.DistGraph("bench", part_config=os.path.join(root, "bench.json"))
+    dg, _ = one_partition_graph(make_graph(args.items), "rg-frontier-")
     fanout = {et: (5 if et[1] == "uu" else 10) for et in dg.canonical_etypes}
     rng = np.random.default_rng(0)
     assert frontier.install()

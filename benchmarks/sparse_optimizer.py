@@ -17,13 +17,11 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-os.environ.setdefault("DGLBACKEND", "pytorch")
-os.environ["DGL_DIST_MODE"] = "standalone"
+from benchmarks.standalone import one_partition_graph  # noqa: E402 - sets DGL's mode before DGL loads
 
 
 def main() -> int:
@@ -48,12 +46,9 @@ def main() -> int:
     sizes = {"user": 2 * args.items, "item": args.items}
     g = dgl.heterograph({("user", "rates", "item"): ([0], [0]), ("item", "rated_by", "user"): ([0], [0])},
                         num_nodes_dict=sizes)
-    root = tempfile.mkdtemp(prefix="rg-sparseopt-")
-    dgl.distributed.partition_graph(g, "bench", 1, root, part_method="random")
-    dgl.distributed.initialize(None)
+    dg, root = one_partition_graph(g, "rg-sparseopt-")
     # DGL's optimiser asks the process group for its backend: a group of one.
     torch.distributed.init_process_group("gloo", init_method=f"file://{root}/pg", rank=0, world_size=1)
-    dg = dgl.distributed.DistGraph("bench", part_config=os.path.join(root, "bench.json"))
 
     def tables(tag):
         return {nt: DistEmbedding(n, args.dim, name=f"{nt}_{tag}", init_func=init_id_embedding,
