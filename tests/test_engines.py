@@ -181,6 +181,10 @@ def test_auto_device_and_propagation_resolve_and_say_so(small, tmp_path, caplog)
     (["train.fanouts=[]"], "train.fanouts"),
     (["train.propagation=layered"], "train.propagation"),
     (["model.modalities=[]"], "model.modalities"),
+    (["model.knn_refines=ids"], "model.knn_refines"),
+    (["model.item_graph_layers=0"], "model.item_graph_layers"),
+    (["model.item_graph_weights={text: -1}"], "model.item_graph_weights"),
+    (["model.item_graph_weights={text: 0}"], "model.item_graph_weights"),
 ])
 def test_keys_that_cannot_be_honoured_fail_when_the_config_loads(overrides, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
