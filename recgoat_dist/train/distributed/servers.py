@@ -157,7 +157,6 @@ class GraphService:
 def graphbolt_partition(part_config: str, part_id: int, workdir: str) -> str:
     """A partition JSON whose part ``part_id`` has GraphBolt's ``fused_csc_sampling_graph.pt``."""
     import json
-    import shutil
 
     import dgl.distributed
 
