@@ -15,7 +15,7 @@ items). Here
 * each gradient row goes to the rank that owns it (one ``all_to_all`` over the gloo group, as
   DGL's routing does), and that rank updates its rows in its partition's shared memory
   (``DistTensor.local_partition``: the memory its server serves, which DGL's own local push writes)
-  with two gathers and two scatters.
+  with the single-process engine's update (:func:`recgoat_dist.train.row_adam.adam_rows`).
 
 So rank ``r`` must run on the machine that holds partition ``r``, the placement DGL's optimiser also
 assumes and the driver makes (checked when the optimiser is built).
@@ -26,6 +26,8 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from recgoat_dist.train.row_adam import adam_rows, sorted_rows
 
 STATE_SUFFIX = "_adam"
 
@@ -84,26 +86,8 @@ class OwnerRowAdam:
     def _update(self, emb, state_table, ids: torch.Tensor, grads: torch.Tensor) -> None:
         if len(ids) == 0:
             return
-        b1, b2 = self.betas
-        d = emb.embedding_dim
-        # Sorted rows: the gathers and scatters below walk the tables in order. A sort and a check
-        # cost a fifth of torch.unique(return_inverse, return_counts), and one worker's lookup of
-        # a block's input nodes never repeats a row.
-        rows, order = torch.sort(emb.part_policy.to_local(ids))
-        g = grads.index_select(0, order)      # ~2x faster than grads[order] for row blocks
-        if len(rows) > 1 and bool((rows[1:] == rows[:-1]).any()):
-            rows, inverse, count = torch.unique(rows, return_inverse=True, return_counts=True)
-            g = torch.zeros(len(rows), d).index_add_(0, inverse, g).div_(count[:, None])
-        state, weight = state_table.local_partition, emb.weight.local_partition
-        s = state.index_select(0, rows)
-        m, v, t = s[:, :d], s[:, d:2 * d], s[:, 2 * d].add_(1)
-        m.mul_(b1).add_(g, alpha=1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        state.index_copy_(0, rows, s)
-        update = m.div((1 - b1 ** t)[:, None]).div_(v.div((1 - b2 ** t)[:, None]).sqrt_().add_(self.eps))
-        # The rows are unique here: a gather, an in-place step and a scatter cost half of
-        # index_add_, which adds row by row.
-        weight.index_copy_(0, rows, weight.index_select(0, rows).sub_(update, alpha=self.lr))
+        rows, g = sorted_rows(emb.part_policy.to_local(ids), grads, average=True)
+        adam_rows(state_table.local_partition, emb.weight.local_partition, rows, g, self.lr, self.betas, self.eps)
 
     # ---- checkpoints: the state rows of the nodes a rank owns, by global id -------------------
     def state_rows(self, ids: dict) -> dict:
