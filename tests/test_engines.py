@@ -89,14 +89,16 @@ def test_layerwise_inference_equals_the_full_forward(small, name, refines, entry
     assert torch.allclose(items, items_full, atol=1e-5), (items - items_full).abs().max()
 
 
-@pytest.mark.parametrize("refines", ["content", "both"])
-def test_history_with_every_neighbour_reproduces_the_full_forward(small, refines):
-    """Sampled propagation: 1 exact hop with every neighbour, LightGCN layers 2-3 from the
-    historical tables of a fresh layer-wise inference == the full forward, for any seeds (with
-    ``both``, the item graph's one layer runs on the sampled KNN edges of that hop)."""
+@pytest.mark.parametrize("refines, gat_layers", [("content", 1), ("both", 1), ("content", 2)])
+def test_history_with_every_neighbour_reproduces_the_full_forward(small, refines, gat_layers):
+    """Sampled propagation: exact hops with every neighbour (1, or 2 for 2 GAT layers), the
+    LightGCN layers beyond them from the historical tables of a fresh layer-wise inference == the
+    full forward, for any seeds (with ``both``, the item graph's one layer runs on the sampled KNN
+    edges of that hop). The content streams run on the sub-blocks of the nodes they use."""
     from recgoat_dist.train.engine import layerwise_tables
 
-    config = config_for(small, "model.name=recgoat", f"model.knn_refines={refines}")
+    config = config_for(small, "model.name=recgoat", f"model.knn_refines={refines}",
+                        f"model.gat_layers={gat_layers}")
     inputs = load_inputs(config)
     torch.manual_seed(0)
     model = build_model(config.model, **model_meta(inputs)).eval()
@@ -105,7 +107,26 @@ def test_history_with_every_neighbour_reproduces_the_full_forward(small, refines
     with torch.no_grad():
         full = full_forward(model, inputs)
         layerwise_tables(model, inputs, tables, inputs.item_feats, inputs.user_feats, degree)
-    assert_sampled_equals_full(model, inputs, tables, degree, full, [-1])
+    assert_sampled_equals_full(model, inputs, tables, degree, full, [-1] * gat_layers)
+
+
+def test_content_streams_use_only_the_nodes_behind_their_outputs(small):
+    """A sampled block's user sources are mostly the raters of the batch's items; the user
+    stream's sub-block keeps its seeds and their user-user neighbours, and nothing else."""
+    import dgl
+
+    from recgoat_dist.model.streams import used_relations
+
+    inputs = load_inputs(config_for(small))
+    seeds = {"user": torch.tensor([0, 3, 7]), "item": torch.arange(40)}
+    _, _, (block,) = dgl.dataloading.NeighborSampler([-1]).sample_blocks(inputs.graph, seeds)
+    rel = block["uu"]
+    (sub,), inputs_used = used_relations([rel])
+    src, _ = rel.in_edges(torch.arange(rel.num_dst_nodes()))
+    want = torch.unique(torch.cat([torch.arange(rel.num_dst_nodes()), src]))
+    assert sorted(inputs_used.tolist()) == want.tolist() and len(want) < rel.num_src_nodes()
+    assert inputs_used[:sub.num_dst_nodes()].tolist() == list(range(rel.num_dst_nodes()))
+    assert sub.num_edges() == rel.num_edges()
 
 
 @pytest.fixture(scope="module")

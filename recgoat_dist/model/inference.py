@@ -53,7 +53,9 @@ class LayerTables:
 
     def history(self, layer: int, ntype: str, ids: torch.Tensor) -> torch.Tensor:
         """LightGCN layer ``layer`` of nodes ``ids``: what sampled propagation reads."""
-        return self.id[layer][ntype][ids]
+        table = self.id[layer][ntype]
+        # index_select gathers rows ~2x faster than indexing; a DistTensor pulls on indexing
+        return table.index_select(0, ids) if isinstance(table, torch.Tensor) else table[ids]
 
 
 def _batches(nodes: torch.Tensor, size: int):

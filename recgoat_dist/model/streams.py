@@ -32,16 +32,22 @@ class FeatureStream(nn.Module):
                     allow_zero_in_degree=True) for _ in range(gat_layers))
 
     def forward(self, blocks: Sequence[dgl.DGLGraph], x: torch.Tensor) -> torch.Tensor:
-        """``x``: features of the mini-batch input nodes of ``ntype``; returns (n_out, dim)."""
+        """``x``: features of the mini-batch input nodes of ``ntype`` (a tensor, or rows read by
+        position: :class:`recgoat_dist.train.steps.InputRows`); returns (n_out, dim)."""
         n_out = blocks[-1].num_dst_nodes(self.ntype)
         if not self.gats:
             return self.project(x[:n_out])
         if len(blocks) < len(self.gats):
             raise ValueError(f"{len(self.gats)} GAT layers need as many graphs/blocks, got {len(blocks)}")
-        used = blocks[len(blocks) - len(self.gats):]
-        h = self.project(x[:used[0].num_src_nodes(self.ntype)])
-        for layer, block in enumerate(used):
-            rel = block[self.etype]
+        rels = [block[self.etype] for block in blocks[len(blocks) - len(self.gats):]]
+        if rels[0].is_block:
+            # A sampled block's sources of this node type also hold the nodes the other streams
+            # reached (the users behind a batch item's ratings are most of them); only those
+            # with an edge of this stream's graph into an output count.
+            rels, inputs = used_relations(rels)
+            x = x[inputs]
+        h = self.project(x[:rels[0].num_src_nodes()])
+        for layer, rel in enumerate(rels):
             h = self.hop(layer, rel, h, h[:rel.num_dst_nodes()])
         return h[:n_out]
 
@@ -49,3 +55,23 @@ class FeatureStream(nn.Module):
         """GAT layer ``layer`` on one relation graph: residual plus concatenated heads. Training
         and layer-wise inference (:mod:`recgoat_dist.model.inference`) share this one step."""
         return h_dst + self.gats[layer](rel, (h_src, h_dst)).flatten(1)
+
+
+def used_relations(rels: Sequence[dgl.DGLGraph]) -> tuple[list, torch.Tensor]:
+    """Sub-blocks of a stream's relation blocks (outermost first) that keep only the nodes its
+    outputs depend on: every destination of the last block, and hop by hop inwards the sources of
+    their in-edges. Returns the sub-blocks and, for the first one's source nodes in order, their
+    positions among the first block's sources. Each sub-block lists its destinations first among
+    its sources (DGL's block convention, which :meth:`FeatureStream.hop` relies on)."""
+    out = []
+    need = torch.arange(rels[-1].num_dst_nodes(), device=rels[-1].device)
+    for rel in reversed(rels):
+        src, dst = rel.in_edges(need)
+        pos = torch.full((rel.num_src_nodes(),), -1, dtype=torch.int64, device=need.device)
+        pos[need] = torch.arange(len(need), device=need.device)     # destinations lead the sources
+        extra = torch.unique(src[pos[src] < 0])
+        pos[extra] = torch.arange(len(need), len(need) + len(extra), device=need.device)
+        out.append(dgl.create_block((pos[src], pos[dst]), num_src_nodes=len(need) + len(extra),
+                                    num_dst_nodes=len(need), idtype=rel.idtype, device=rel.device))
+        need = torch.cat([need, extra])      # sources of this block = destinations of the one before
+    return out[::-1], need

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -26,7 +27,7 @@ from recgoat_dist.train.loop import Progress
 from recgoat_dist.train.row_adam import RowAdam
 from recgoat_dist.train.sampling import (SeedBatch, bpr_batches, negative_candidates, num_batches,
                                          step_sampler)
-from recgoat_dist.train.steps import SampledObjective, attach_degrees, landmark_seeds, sampled_loss
+from recgoat_dist.train.steps import InputRows, SampledObjective, attach_degrees, landmark_seeds, sampled_loss
 
 logger = logging.getLogger(__name__)
 LAST, BEST = "checkpoints/last.pt", "checkpoints/best.pt"
@@ -188,8 +189,9 @@ class LocalEngine:
 
     def batch_features(self, input_nodes: dict):
         """Content features of the input nodes, for the streams the model has (none for LightGCN)."""
-        items = {m: self.item_feats[m][input_nodes["item"]] for m in self.model.modalities}
-        users = (self.user_feats[input_nodes["user"]]
+        items = {m: InputRows(partial(self.item_feats[m].index_select, 0), input_nodes["item"])
+                 for m in self.model.modalities}
+        users = (InputRows(partial(self.user_feats.index_select, 0), input_nodes["user"])
                  if self.user_feats is not None and self.model.user_stream is not None else None)
         return items, users
 

@@ -50,12 +50,29 @@ class SampledObjective(torch.nn.Module):
         return out.total, out.parts
 
 
+class InputRows:
+    """Content features of a step's input nodes of one type, read when a stream asks for rows by
+    position: a content stream reads only the nodes behind its outputs (a sampled block's user
+    sources are mostly the raters of the batch's items, which the user stream does not use), so
+    the other rows are neither pulled from the servers nor gathered."""
+
+    def __init__(self, read: Callable[[torch.Tensor], torch.Tensor], nodes: torch.Tensor):
+        self.read, self.nodes = read, nodes
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __getitem__(self, positions) -> torch.Tensor:
+        return self.read(self.nodes[positions])
+
+
 def sampled_loss(objective, graph, sampler, batch: SeedBatch, features: Callable, degree: Callable,
                  history: Callable, device: torch.device) -> tuple[torch.Tensor, dict, dict]:
     """Sample ``batch``'s blocks and run ``objective`` (a :class:`SampledObjective`, or DDP around
     one) on them; returns ``(loss, loss parts, {ntype: input nodes})``.
 
-    ``features(input_nodes) -> (item_feats, user_feats)`` of the input nodes; ``degree(ntype, ids)``
+    ``features(input_nodes) -> (item_feats, user_feats)`` of the input nodes (tensors or
+    :class:`InputRows`); ``degree(ntype, ids)``
     training degrees; ``history(layer, ntype, ids)`` historical LightGCN layers.
     """
     input_nodes, _, blocks = sampler.sample_blocks(graph, batch.seeds)

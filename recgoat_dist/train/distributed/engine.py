@@ -34,7 +34,7 @@ from recgoat_dist.train.distributed.model import (NTYPES, RATES, NodeInputs, Spa
 from recgoat_dist.train.engine import resolve_propagation
 from recgoat_dist.train.loop import Progress
 from recgoat_dist.train.sampling import SeedBatch, sample_negatives, step_sampler
-from recgoat_dist.train.steps import SampledObjective, landmark_seeds, sampled_loss
+from recgoat_dist.train.steps import InputRows, SampledObjective, landmark_seeds, sampled_loss
 
 logger = logging.getLogger(__name__)
 
@@ -326,12 +326,14 @@ class DistEngine:
         return self.layers.history(layer, ntype, ids.cpu()).to(self.device)
 
     def batch_features(self, input_nodes: dict):
-        """Content features of the input nodes, pulled for the streams the model has only."""
-        nodes = {nt: ids.cpu() for nt, ids in input_nodes.items()}
-        item = {m: self.inputs.features("item", m, nodes["item"]).to(self.device) for m in self.model.modalities}
-        user = None
-        if self.model.user_stream is not None:
-            user = self.inputs.features("user", self.inputs.user_modality, nodes["user"]).to(self.device)
+        """Content features of the input nodes, pulled for the streams the model has only, and
+        only the rows they read (:class:`InputRows`)."""
+        def rows(ntype, name):
+            return InputRows(lambda ids: self.inputs.features(ntype, name, ids.cpu()).to(self.device),
+                             input_nodes[ntype])
+
+        item = {m: rows("item", m) for m in self.model.modalities}
+        user = rows("user", self.inputs.user_modality) if self.model.user_stream is not None else None
         return item, user
 
     def _maybe_fail(self, global_step: int) -> None:
