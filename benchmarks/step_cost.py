@@ -10,6 +10,9 @@ batch ``--batch``. Every configuration runs in its own process, so each peak RSS
   partitions (DGL's random partitioner), on a local Ray (127.0.0.1) started here;
 * ``dist1gb`` / ``dist2gb``: the same with the graph servers sampling through GraphBolt.
 
+One process runs with PyTorch's huge pages (``THP_MEM_ALLOC_ENABLE=1``) and Ray workers without,
+as ``recgoat`` runs them; ``RECGOAT_WORKER_THP=1`` turns them on in the workers.
+
 Reported per run: seconds per step, training edges/s, seeds and input nodes per step (and as a
 fraction of each node type), the epoch-start layer-wise inference time (history refresh; not part
 of a step), and peak RSS of every process. Results: ``benchmarks/out/step_cost.json``;
@@ -27,6 +30,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,8 +117,9 @@ def run_dist(root: str, items: int, model: str, batch: int, steps: int, workers:
     ray.init(num_cpus=workers + 1, include_dashboard=None, dashboard_host="127.0.0.1",
              _node_ip_address="127.0.0.1", _temp_dir=os.path.join(root, f"ray{workers}"),
              runtime_env={"env_vars": {"DGLBACKEND": "pytorch",
-                                       # the sweep measures both settings: see RESULTS
-                                       "THP_MEM_ALLOC_ENABLE": os.environ["THP_MEM_ALLOC_ENABLE"]}})
+                                       # as recgoat runs its workers (driver.ensure_ray): off, unless
+                                       # a sweep asks (RESULTS measured both)
+                                       "THP_MEM_ALLOC_ENABLE": os.environ.get("RECGOAT_WORKER_THP", "0")}})
     try:
         summary = fit(config, os.path.join(root, f"parts{items}-{workers}", "bench.json"),
                       # one run directory per size: Ray Train resumes from any checkpoint already there
@@ -182,6 +187,9 @@ def main() -> int:
     p.add_argument("--out", default=OUT)
     p.add_argument("--report", action="store_true", help="write the table and plot from --out")
     p.add_argument("--append", action="store_true", help="add these runs to those already in --out")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="repeat every (size, config) this many times, interleaved: sizes and configs alternate "
+                        "within each round, so drift of the machine's speed hits all of them alike")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--root", help=argparse.SUPPRESS)
     p.add_argument("--model", default="recgoat", help=argparse.SUPPRESS)
@@ -193,27 +201,24 @@ def main() -> int:
     args.root = tempfile.mkdtemp(prefix="rg-stepcost-", dir="/tmp")
     runs = []
     try:
-        for items in args.items:
-            graph = spawn("graph", items, args)
-            for kind in args.configs:
-                runs.append({"items": items, "users": 2 * items, "config": kind, "model": "recgoat",
-                             "graph": graph, **spawn(kind, items, args)})
-            if items == args.lightgcn_at:
-                runs.append({"items": items, "users": 2 * items, "config": "single", "model": "lightgcn",
-                             "graph": graph, **spawn("single", items, args, model="lightgcn")})
-            for name in os.listdir(args.root):        # keep the disk small: each size has its own
-                path = os.path.join(args.root, name)
-                if name == f"graph{items}.bin":
-                    os.remove(path)
-                elif name.startswith(f"parts{items}-") or name.startswith(f"run{items}-"):
-                    shutil.rmtree(path)
+        if args.rounds == 1:
+            for items in args.items:
+                graph = spawn("graph", items, args)
+                runs += run_round(items, graph, args, None)
+                remove_size(args.root, items)       # keep the disk small: each size has its own
+        else:
+            graphs = {items: spawn("graph", items, args) for items in args.items}
+            for round_ in range(args.rounds):
+                for items in args.items:
+                    runs += run_round(items, graphs[items], args, round_)
     finally:
         shutil.rmtree(args.root, ignore_errors=True)
     if args.append and os.path.exists(args.out):
         with open(args.out) as fh:
             runs = json.load(fh)["runs"] + runs
-    result = {"batch": args.batch, "steps": args.steps, "fanouts": [10], "cpus": os.cpu_count(),
+    result = {"batch": args.batch, "steps": args.steps, "rounds": args.rounds, "fanouts": [10], "cpus": os.cpu_count(),
               "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+              "thp_mem_alloc_workers": os.environ.get("RECGOAT_WORKER_THP", "0"),
               "omp_threads": os.environ.get("OMP_NUM_THREADS"), "platform": platform.platform(), "runs": runs}
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
@@ -221,8 +226,41 @@ def main() -> int:
     return report(args.out)
 
 
+def run_round(items: int, graph: dict, args, round_) -> list:
+    """Every config of ``args`` once at ``items`` (and LightGCN where asked), each its own process."""
+    runs = []
+    tag = {} if round_ is None else {"round": round_}
+    for kind in args.configs:
+        runs.append({"items": items, "users": 2 * items, "config": kind, "model": "recgoat", **tag,
+                     "graph": graph, **spawn(kind, items, args)})
+    if items == args.lightgcn_at:
+        runs.append({"items": items, "users": 2 * items, "config": "single", "model": "lightgcn", **tag,
+                     "graph": graph, **spawn("single", items, args, model="lightgcn")})
+    for name in os.listdir(args.root):       # a run directory would resume from its checkpoint
+        if name.startswith(f"run{items}-"):
+            shutil.rmtree(os.path.join(args.root, name))
+    return runs
+
+
+def remove_size(root: str, items: int) -> None:
+    for name in os.listdir(root):
+        path = os.path.join(root, name)
+        if name == f"graph{items}.bin":
+            os.remove(path)
+        elif name.startswith(f"parts{items}-"):
+            shutil.rmtree(path)
+
+
+def median_runs(runs: list) -> dict:
+    """Runs grouped by (items, config, model), for the medians over interleaved rounds."""
+    groups = {}
+    for r in runs:
+        groups.setdefault((r["items"], r["config"], r["model"]), []).append(r)
+    return groups
+
+
 def report(path: str) -> int:
-    """Markdown table and ``step_cost.png`` (seconds per step against catalog size)."""
+    """Markdown table, and the plot of seconds per step against catalog size beside ``path`` (.png)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -240,11 +278,20 @@ def report(path: str) -> int:
                     f"{c['edges_per_second']:,.0f} | {c['seeds_per_step']:,.0f} | {inputs['user']:,.0f} "
                     f"({inputs['user'] / r['users']:.3%}) | {inputs['item']:,.0f} ({inputs['item'] / r['items']:.3%}) | "
                     f"{r.get('refresh_seconds', r.get('epoch_seconds_incl_refresh', ''))} | {rss} |")
+    medians = median_runs(data["runs"])
+    if any(len(v) > 1 for v in medians.values()):
+        rows += ["", "| items | config | model | rounds | median s/step | median edges/s | s/step of each round |",
+                 "|" + "---|" * 7]
+        for (items, kind, model), group in sorted(medians.items()):
+            secs = [r["step_cost"]["seconds_per_step"] for r in group]
+            rate = statistics.median(r["step_cost"]["edges_per_second"] for r in group)
+            rows.append(f"| {items:,} | {kind} | {model} | {len(group)} | {statistics.median(secs):.3f} | "
+                        f"{rate:,.0f} | {', '.join(f'{x:.3f}' for x in secs)} |")
     print("\n".join(rows))
     fig, ax = plt.subplots(figsize=(6, 4))
     for kind in sorted({r["config"] for r in data["runs"]}):
-        pts = sorted((r["items"], r["step_cost"]["seconds_per_step"]) for r in data["runs"]
-                     if r["config"] == kind and r["model"] == "recgoat")
+        pts = sorted((items, statistics.median(r["step_cost"]["seconds_per_step"] for r in group))
+                     for (items, k, model), group in medians.items() if k == kind and model == "recgoat")
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=kind)
     ax.set_xscale("log")
     ax.set_xlabel("items (users = 2x)")
@@ -253,7 +300,7 @@ def report(path: str) -> int:
     ax.legend()
     ax.set_title("RecGOAT sampled step cost vs catalog size")
     fig.tight_layout()
-    fig.savefig(os.path.join(HERE, "step_cost.png"), dpi=120)
+    fig.savefig(os.path.splitext(path)[0] + ".png", dpi=120)      # step_cost.json -> step_cost.png
     return 0
 
 
