@@ -251,7 +251,7 @@ def remove_size(root: str, items: int) -> None:
             shutil.rmtree(path)
 
 
-def median_runs(runs: list) -> dict:
+def runs_by_setting(runs: list) -> dict:
     """Runs grouped by (items, config, model), for the medians over interleaved rounds."""
     groups = {}
     for r in runs:
@@ -278,7 +278,7 @@ def report(path: str) -> int:
                     f"{c['edges_per_second']:,.0f} | {c['seeds_per_step']:,.0f} | {inputs['user']:,.0f} "
                     f"({inputs['user'] / r['users']:.3%}) | {inputs['item']:,.0f} ({inputs['item'] / r['items']:.3%}) | "
                     f"{r.get('refresh_seconds', r.get('epoch_seconds_incl_refresh', ''))} | {rss} |")
-    medians = median_runs(data["runs"])
+    medians = runs_by_setting(data["runs"])
     if any(len(v) > 1 for v in medians.values()):
         rows += ["", "| items | config | model | rounds | median s/step | median edges/s | s/step of each round |",
                  "|" + "---|" * 7]
