@@ -61,6 +61,7 @@ def adam_rows(state: torch.Tensor, weight: torch.Tensor, rows: torch.Tensor, gra
         # The rows are unique: a gather, an in-place step and a scatter cost half of index_add_.
         weight.index_copy_(0, r, weight.index_select(0, r).sub_(m.div_(denom)))
 
+
 class RowAdam(torch.optim.Optimizer):
     def __init__(self, params, lr: float, betas: tuple = (0.9, 0.999), eps: float = 1e-8):
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
