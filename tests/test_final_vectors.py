@@ -67,3 +67,34 @@ def test_block_wise_final_vectors_equal_the_all_at_once_ones(small, name, potent
     assert len(lazy) == inputs.num_users
     torch.testing.assert_close(lazy[10:31], want_users[10:31], rtol=0, atol=1e-6)
     assert final.users(users[:0]).shape == (0, 16)
+
+
+def test_landmarks_are_picked_from_the_candidate_rows_alone(small, monkeypatch):
+    """Rank 0's landmark pick (:func:`pick_landmarks`) reads only the rows k-means++ is seeded on:
+    below ``LANDMARK_POOL`` it picks what the model picks from every row; above it, it reads at
+    most ``LANDMARK_POOL`` rows per node type and picks warm items among them."""
+    from recgoat_dist.model import recgoat
+    from recgoat_dist.train.distributed.inference import pick_landmarks
+
+    model, tables, cold, inputs = filled_tables(small, "recgoat")
+    reps = full_representations(tables, lambda fn, nt: fn(slice(None)))
+    reps.item_cold = cold
+    torch.manual_seed(3)
+    model.refresh_landmarks(reps)
+    want = (model.landmark_idx.clone(), model.user_landmark_idx.clone())
+    read = []
+
+    def pull(fn, ids):
+        read.append(len(ids))
+        return fn(ids)
+
+    torch.manual_seed(3)
+    got = pick_landmarks(model, tables, pull, inputs.num_users, cold)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+    monkeypatch.setattr(recgoat, "LANDMARK_POOL", 40)
+    read.clear()
+    items, users = pick_landmarks(model, tables, pull, inputs.num_users, cold)
+    assert read and max(read) <= 40 < min(inputs.num_users, inputs.num_items)
+    assert len(items) == len(users) == 16 and not bool(cold[items].any())
+    assert len(torch.unique(items)) == 16 and int(users.max()) < inputs.num_users

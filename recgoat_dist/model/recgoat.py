@@ -242,7 +242,7 @@ class RecGOAT(nn.Module):
     @torch.no_grad()
     def _refresh_user_landmarks(self, reps: Representations) -> None:
         from recgoat_dist.ot import select_landmarks
-        pool = _pool_sample(torch.arange(len(reps.user_id), device=reps.user_id.device))
+        pool = landmark_pool(torch.arange(len(reps.user_id), device=reps.user_id.device))
         self.user_landmark_idx = pool[select_landmarks(reps.user_id[pool], self.num_landmarks)].to(
             self.landmark_idx.device)
 
@@ -253,7 +253,7 @@ class RecGOAT(nn.Module):
         pool = torch.arange(len(rows), device=rows.device)
         if cold is not None and not bool(cold.all()):
             pool = pool[~cold.to(rows.device)]
-        pool = _pool_sample(pool)
+        pool = landmark_pool(pool)
         return pool[select_landmarks(rows.detach()[pool], self.num_landmarks)].to(self.landmark_idx.device)
 
     def _resize_landmark_buffers(self, state_dict, prefix, *args) -> None:
@@ -394,7 +394,8 @@ class RecGOAT(nn.Module):
 LANDMARK_POOL = 65536       # landmarks are seeded on at most this many candidate rows
 
 
-def _pool_sample(pool: torch.Tensor) -> torch.Tensor:
+def landmark_pool(pool: torch.Tensor) -> torch.Tensor:
+    """The candidate rows landmarks are seeded on: ``pool``, or a uniform sample of ``LANDMARK_POOL``."""
     if len(pool) <= LANDMARK_POOL:
         return pool
     return pool[torch.randperm(len(pool), device=pool.device)[:LANDMARK_POOL]]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from recgoat_dist.model import USER_STREAM, LayerTables, full_representations
-from recgoat_dist.train.distributed.model import NTYPES, NodeInputs, in_edges, pull_all
+from recgoat_dist.train.distributed.model import NTYPES, NodeInputs, in_edges, pull_rows
 from recgoat_dist.train.steps import attach_degrees
 
 
@@ -159,13 +159,27 @@ def pull_landmarks(model, graph, layers: LayerTables, item_cold=None, group=None
 
     picked = [None]
     if dist.get_rank() == 0:
-        reps = full_representations(layers, lambda fn, nt: pull_all(graph, nt, fn), with_streams=False)
-        reps.item_cold = item_cold
-        model.refresh_landmarks(reps)
-        picked = [(model.landmark_idx.cpu(), model.user_landmark_idx.cpu())]
+        picked = [pick_landmarks(model, layers, pull_rows, graph.num_nodes("user"), item_cold)]
     dist.broadcast_object_list(picked, src=0, group=group)
     device = model.landmark_idx.device
     model.landmark_idx, model.user_landmark_idx = (t.to(device) for t in picked[0])
+
+
+def pick_landmarks(model, layers: LayerTables, pull, num_users: int, item_cold: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(item, user)`` landmark ids by the model's own choice (:meth:`RecGOAT.refresh_landmarks`),
+    reading the representations of its candidate rows only, instead of every node's: at most
+    ``LANDMARK_POOL`` per node type, drawn as the model draws them (warm items, when there are
+    any). ``pull(table_fn, ids)``: the rows ``ids`` of ``table_fn``."""
+    from recgoat_dist.model.recgoat import landmark_pool
+
+    warm = torch.nonzero(~item_cold.cpu()).flatten()
+    pools = {"item": landmark_pool(warm if len(warm) else torch.arange(len(item_cold))),
+             "user": landmark_pool(torch.arange(num_users))}
+    reps = full_representations(layers, lambda fn, nt: pull(fn, pools[nt]), with_streams=False)
+    reps.item_cold = None                    # the pool already left the cold items out
+    model.refresh_landmarks(reps)
+    return pools["item"][model.landmark_idx.cpu()], pools["user"][model.user_landmark_idx.cpu()]
 
 
 @torch.no_grad()

@@ -81,7 +81,11 @@ def in_edges(graph, nodes: dict):
 
 def pull_all(graph, ntype: str, fn, block: int = 65536) -> torch.Tensor:
     """``fn(nodes)`` for every node of ``ntype``, in blocks (e.g. a ``DistTensor``'s rows)."""
-    nodes = torch.arange(graph.num_nodes(ntype))
+    return pull_rows(fn, torch.arange(graph.num_nodes(ntype)), block)
+
+
+def pull_rows(fn, nodes: torch.Tensor, block: int = 65536) -> torch.Tensor:
+    """``fn(nodes)`` in blocks of ``block`` nodes."""
     return torch.cat([fn(nodes[i:i + block]) for i in range(0, len(nodes), block)])
 
 
