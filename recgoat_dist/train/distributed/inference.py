@@ -152,7 +152,7 @@ class UsersOnDemand:
 
 
 @torch.no_grad()
-def pull_landmarks(model, graph, layers: LayerTables, item_cold=None, group=None) -> None:
+def pull_landmarks(model, graph, layers: LayerTables, item_cold: torch.Tensor, group=None) -> None:
     """Re-pick the OAT landmarks on rank 0 (k-means++ on full-graph ID representations, as the
     single-process engine does each epoch) and share them with every worker."""
     import torch.distributed as dist
