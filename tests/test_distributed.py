@@ -261,26 +261,31 @@ def demo_graph(tmp_path_factory):
 
 def test_one_worker_and_one_process_agree_on_the_demo_config(local_ray, demo_graph, tmp_path):
     """The same loop on both engines, both sampled, the demo config's epochs: validation R@20
-    within 3%."""
+    within 3%, as the mean of two seeds. One seed's runs are not repeatable (DGL samples in
+    parallel threads): seed 0 gave one process 0.4100-0.4128 and one worker 0.3998-0.4083 over
+    three tries each, so a single pair can land 3.1% apart."""
     from recgoat_dist.config import load_config
     from recgoat_dist.pipeline import train
 
-    runs = {}
-    for workers in (0, 1):
-        config = load_config("configs/demo.yaml", [f"data.graph={demo_graph}", f"cluster.num_workers={workers}",
-                                                   "train.propagation=sampled", "train.progress=false",
-                                                   *DEMO_AGREEMENT_SETS])
-        runs[workers] = train(config, str(tmp_path / f"run{workers}"))
-    one_process, one_worker = runs[0], runs[1]
-    assert one_process["engine"] == "local" and one_worker["engine"] == "distributed"
-    assert one_process["propagation"] == one_worker["propagation"] == "sampled"
-    assert one_process["epochs_run"] == one_worker["epochs_run"]
-    a, b = one_process["valid"]["recall@20"], one_worker["valid"]["recall@20"]
-    print("valid R@20: one process", a, "one worker", b)
-    assert abs(a - b) <= 0.03 * a, (a, b)
-    for m in (one_process, one_worker):
-        cost = m["step_cost"]
-        assert sum(cost["input_nodes_per_step"].values()) <= 30 * cost["seeds_per_step"]
+    recall = {0: [], 1: []}
+    for seed in (0, 1):
+        runs = {}
+        for workers in (0, 1):
+            config = load_config("configs/demo.yaml", [f"data.graph={demo_graph}", f"cluster.num_workers={workers}",
+                                                       "train.propagation=sampled", "train.progress=false",
+                                                       f"train.seed={seed}", *DEMO_AGREEMENT_SETS])
+            runs[workers] = train(config, str(tmp_path / f"run{workers}-seed{seed}"))
+        one_process, one_worker = runs[0], runs[1]
+        assert one_process["engine"] == "local" and one_worker["engine"] == "distributed"
+        assert one_process["propagation"] == one_worker["propagation"] == "sampled"
+        assert one_process["epochs_run"] == one_worker["epochs_run"]
+        for workers, m in runs.items():
+            recall[workers].append(m["valid"]["recall@20"])
+            cost = m["step_cost"]
+            assert sum(cost["input_nodes_per_step"].values()) <= 30 * cost["seeds_per_step"]
+    a, b = np.mean(recall[0]), np.mean(recall[1])
+    print("valid R@20 per seed: one process", recall[0], "one worker", recall[1])
+    assert abs(a - b) <= 0.03 * a, (recall[0], recall[1])
 
 
 # Demo config, run to the plateau, where one seed's noise is smaller than the 3% asked for.
