@@ -249,11 +249,7 @@ class RecGOAT(nn.Module):
     @torch.no_grad()
     def _pick_item_landmarks(self, rows: torch.Tensor, cold: Optional[torch.Tensor]) -> torch.Tensor:
         from recgoat_dist.ot import select_landmarks
-        # Landmarks are transport targets: a cold item's ID vector is untrained noise.
-        pool = torch.arange(len(rows), device=rows.device)
-        if cold is not None and not bool(cold.all()):
-            pool = pool[~cold.to(rows.device)]
-        pool = landmark_pool(pool)
+        pool = item_landmark_candidates(len(rows), cold, rows.device)
         return pool[select_landmarks(rows.detach()[pool], self.num_landmarks)].to(self.landmark_idx.device)
 
     def _resize_landmark_buffers(self, state_dict, prefix, *args) -> None:
@@ -399,6 +395,15 @@ def landmark_pool(pool: torch.Tensor) -> torch.Tensor:
     if len(pool) <= LANDMARK_POOL:
         return pool
     return pool[torch.randperm(len(pool), device=pool.device)[:LANDMARK_POOL]]
+
+
+def item_landmark_candidates(num_items: int, cold: Optional[torch.Tensor], device=None) -> torch.Tensor:
+    """The items landmarks are seeded on: the warm ones (a cold item's ID vector is untrained noise,
+    and landmarks are transport targets), all when every item is cold, at most ``LANDMARK_POOL``."""
+    pool = torch.arange(num_items, device=device)
+    if cold is not None and not bool(cold.all()):
+        pool = pool[~cold.to(pool.device)]
+    return landmark_pool(pool)
 
 
 def _subsample(n: int, size: int) -> torch.Tensor | slice:

@@ -18,9 +18,14 @@ from __future__ import annotations
 import torch
 
 
+def state_width(dim: int) -> int:
+    """Columns of a ``dim``-wide table's optimiser state: ``[m (dim) | v (dim) | t]``."""
+    return 2 * dim + 1
+
+
 def state_table(num_rows: int, dim: int, device=None) -> torch.Tensor:
-    """A table's optimiser state, one row per table row: ``[m (dim) | v (dim) | t]``; zero = no step."""
-    return torch.zeros(num_rows, 2 * dim + 1, device=device)
+    """A table's optimiser state, one row per table row (:func:`state_width`); zero = no step."""
+    return torch.zeros(num_rows, state_width(dim), device=device)
 
 
 def sorted_rows(ids: torch.Tensor, grads: torch.Tensor, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,7 +33,8 @@ def sorted_rows(ids: torch.Tensor, grads: torch.Tensor, average: bool) -> tuple[
     their mean, DGL's rule for a row that several lookups or workers sent)."""
     # A sort and a duplicate check cost a fifth of torch.unique(return_inverse, return_counts);
     # a lookup of a block's input nodes never repeats a row, so the unique is rarely needed.
-    rows, order = torch.sort(ids)
+    # stable: duplicate rows keep their order, so their sum is the same on every run
+    rows, order = torch.sort(ids, stable=True)
     g = grads.index_select(0, order)          # ~2x faster than grads[order] for row blocks
     if len(rows) > 1 and bool((rows[1:] == rows[:-1]).any()):
         rows, inverse, count = torch.unique_consecutive(rows, return_inverse=True, return_counts=True)

@@ -171,10 +171,9 @@ def pick_landmarks(model, layers: LayerTables, pull, num_users: int, item_cold: 
     reading the representations of its candidate rows only, instead of every node's: at most
     ``LANDMARK_POOL`` per node type, drawn as the model draws them (warm items, when there are
     any). ``pull(table_fn, ids)``: the rows ``ids`` of ``table_fn``."""
-    from recgoat_dist.model.recgoat import landmark_pool
+    from recgoat_dist.model.recgoat import item_landmark_candidates, landmark_pool
 
-    warm = torch.nonzero(~item_cold.cpu()).flatten()
-    pools = {"item": landmark_pool(warm if len(warm) else torch.arange(len(item_cold))),
+    pools = {"item": item_landmark_candidates(len(item_cold), item_cold.cpu()),
              "user": landmark_pool(torch.arange(num_users))}
     reps = full_representations(layers, lambda fn, nt: pull(fn, pools[nt]), with_streams=False)
     reps.item_cold = None                    # the pool already left the cold items out

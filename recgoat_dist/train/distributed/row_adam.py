@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from recgoat_dist.train.row_adam import adam_rows, sorted_rows
+from recgoat_dist.train.row_adam import adam_rows, sorted_rows, state_width
 
 STATE_SUFFIX = "_adam"
 
@@ -52,7 +52,7 @@ class OwnerRowAdam:
             if emb.part_policy.part_id != self.rank:
                 raise RuntimeError(f"rank {self.rank} holds partition {emb.part_policy.part_id} of {emb.name}: "
                                    "the sparse optimiser needs rank r on partition r's machine")
-            self.state[key] = DistTensor((emb.num_embeddings, 2 * emb.embedding_dim + 1), torch.float32,
+            self.state[key] = DistTensor((emb.num_embeddings, state_width(emb.embedding_dim)), torch.float32,
                                          name=emb.name + STATE_SUFFIX, init_func=init_state,
                                          part_policy=emb.part_policy, is_gdata=False)
 
