@@ -129,6 +129,46 @@ def test_content_streams_use_only_the_nodes_behind_their_outputs(small):
     assert sub.num_edges() == rel.num_edges()
 
 
+def test_stream_gat_layer_is_dgls_gatconv_and_the_fold_changes_nothing():
+    """:func:`attend` computes DGL's ``GATConv`` from the stream's own transforms, and folding the
+    first layer's ``fc_src`` into the projection gives the same outputs and parameter gradients as
+    projecting every source (the path taken with feature dropout)."""
+    import dgl
+
+    from recgoat_dist.model.streams import FeatureStream
+
+    torch.manual_seed(0)
+    n_src, n_dst = 60, 15
+    src = torch.randint(0, n_src, (80,))
+    dst = torch.randint(0, n_dst - 2, (80,))          # the last two destinations have no in-edge
+    # a block: its first n_dst sources are its destinations (DGL's convention)
+    block = dgl.create_block({("item", "knn_text", "item"): (src, dst)}, num_src_nodes={"item": n_src},
+                             num_dst_nodes={"item": n_dst})
+    stream = FeatureStream(12, 8, "knn_text", "item", gat_layers=1, heads=2)
+    with torch.no_grad():
+        stream.gats[0].bias.normal_()                 # DGL starts it at zero
+    x = torch.randn(n_src, 12)
+    rel = block["knn_text"]
+
+    h = stream.project(x)
+    want = h[:n_dst] + stream.gats[0](rel, (h, h[:n_dst])).flatten(1)
+    assert torch.allclose(stream.hop(0, rel, h, h[:n_dst]), want, atol=1e-6)
+
+    def outputs_and_grads(drop: float):
+        stream.zero_grad()
+        stream.gats[0].feat_drop.p = drop             # > 0: the unfolded path (p=1e-9 keeps every row)
+        out = stream([block], x)
+        (out * torch.arange(out.numel()).view_as(out)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in stream.named_parameters()}
+
+    folded, folded_grads = outputs_and_grads(0.0)
+    torch.manual_seed(1)
+    unfolded, unfolded_grads = outputs_and_grads(1e-9)
+    assert torch.allclose(folded, want, atol=1e-5) and torch.allclose(unfolded, want, atol=1e-5)
+    for name, grad in folded_grads.items():
+        assert torch.allclose(grad, unfolded_grads[name], rtol=1e-4, atol=1e-5), name
+
+
 @pytest.fixture(scope="module")
 def dense_graph(tmp_path_factory):
     """2000 users x 600 items: 3 hops at fanout 10 reach nearly every node."""
