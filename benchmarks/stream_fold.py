@@ -34,7 +34,6 @@ def main(rounds: int = 5, reps: int = 20) -> dict:
     dst = torch.cat([torch.arange(n_dst), torch.arange(n_dst).repeat(k - 1)])
     block = dgl.create_block({("item", "knn_text", "item"): (src[torch.randperm(len(src))], dst)},
                              num_src_nodes={"item": n_src}, num_dst_nodes={"item": n_dst})
-    block.srcnodes["item"].data[dgl.NID] = torch.arange(n_src)
     x = torch.randn(n_src, 64)
     stream = FeatureStream(64, 64, "knn_text", "item", gat_layers=1, heads=2)
     (rel,), used = used_relations([block["knn_text"]])      # the stream's own sub-block, as it runs
