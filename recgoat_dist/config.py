@@ -72,6 +72,7 @@ class ModelConfig:
     # output (added to LightGCN's output, the paper's fusion) or input (added to the item's layer-0
     # ego embedding, so LightGCN propagates it to users and neighbours). Single-process only.
     content_entry: str = "output"      # output | input
+    fusion: str = "simplex"            # simplex (gammas softmax, sum 1) | free (one unconstrained weight per modality)
 
 
 @dataclass
@@ -208,6 +209,7 @@ CHOICES = {
     ("model", "name"): ("recgoat", "lightgcn", "no_oat", "no_cmcl", "no_gat", "no_user_graph"),
     ("model", "knn_refines"): ("content", "id", "both"),
     ("model", "content_entry"): ("output", "input"),
+    ("model", "fusion"): ("simplex", "free"),
     ("train", "device"): ("auto", "cpu", "cuda"),
     ("train", "negatives"): ("train_items", "all"),
     ("train", "propagation"): ("auto", "full", "sampled"),

@@ -154,3 +154,29 @@ def test_cmcl_is_symmetric_and_matches_the_definition():
     torch.testing.assert_close(cmcl_loss([u, v]), expected)
     with pytest.raises(ValueError):
         cmcl_loss([u])
+
+
+def test_free_fusion_starts_at_the_simplex_and_learns_the_content_weight():
+    """``fusion="free"``: gamma is the parameter itself (its sum is not held at 1), it starts
+    where the simplex starts (1/M each, the same fused vectors) and it is trained."""
+    from recgoat_dist.config import ConfigError, load_config
+
+    emb, ids = _batch()
+    landmarks = ids[select_landmarks(ids, L, torch.Generator().manual_seed(0))]
+    simplex, free = OAT(MODALITIES, D, num_landmarks=L), OAT(MODALITIES, D, num_landmarks=L, fusion="free")
+    torch.testing.assert_close(simplex(emb, ids, landmarks).fused, free(emb, ids, landmarks).fused, rtol=0, atol=0)
+    with torch.no_grad():
+        free.gamma_logits.copy_(torch.tensor([0.2, 0.9]))
+    out = free(emb, ids, landmarks)
+    assert [float(out.gamma[m]) for m in MODALITIES] == pytest.approx([0.2, 0.9])
+    torch.testing.assert_close(out.fused, ids + 0.2 * out.transported["text"] + 0.9 * out.transported["visual"])
+    out.fused.sum().backward()
+    assert free.gamma_logits.grad is not None and bool((free.gamma_logits.grad != 0).all())
+    with pytest.raises(ValueError, match="unknown fusion 'sum'"):
+        OAT(MODALITIES, D, fusion="sum")
+    assert load_config(None, []).model.fusion == "simplex"
+    with pytest.raises(ConfigError, match=r"model\.fusion.*'sum' is not one of simplex, free"):
+        load_config(None, ["model.fusion=sum"])
+    from recgoat_dist.model.recgoat import build_model
+    model = build_model(load_config(None, ["model.fusion=free"]).model, 5, 6, {"text": 4, "visual": 4})
+    assert model.oat.fusion == "free" and model.oat.gamma_logits.tolist() == [0.5, 0.5]

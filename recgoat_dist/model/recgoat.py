@@ -24,6 +24,9 @@ Where the content joins the ID stream (``model.content_entry``): ``output`` (the
 after LightGCN) or ``input``: ``e^(0)_i + sum_m gamma_m T_m(...)`` is the item's layer-0 row, so
 LightGCN (and the item graph) propagate it to users and neighbours; see :mod:`.content_entry`.
 
+How the gammas are learned (``model.fusion``): ``simplex`` (softmax, they sum to 1) or ``free``
+(one unconstrained weight per modality); see :mod:`recgoat_dist.ot.oat`.
+
 Variants (``model.name``): ``recgoat``; ``lightgcn`` (ID stream only); ``no_oat`` (modality parts
 added with learned weights, no transport); ``no_cmcl``; ``no_gat`` (content streams without graph
 attention, items and users); ``no_user_graph`` (user LM stream without the user-user graph).
@@ -84,7 +87,8 @@ class RecGOAT(nn.Module):
                  temperature: float = 0.2, ot_eps: float = 0.1, num_landmarks: int = 256,
                  user_lm_weight: float = 0.5, cmcl_batch: int = 256, ot_batch: int = 256,
                  knn_refines: str = "content", item_graph_layers: int = 1,
-                 item_graph_weights: Optional[Mapping[str, float]] = None, content_entry: str = "output"):
+                 item_graph_weights: Optional[Mapping[str, float]] = None, content_entry: str = "output",
+                 fusion: str = "simplex"):
         super().__init__()
         if name not in VARIANTS:
             raise ValueError(f"unknown model {name!r}; choose one of {sorted(VARIANTS)}")
@@ -123,7 +127,7 @@ class RecGOAT(nn.Module):
         if self.flags["oat"] and (modalities or self.user_stream is not None):
             from recgoat_dist.ot import OAT
             if modalities:
-                self.oat = OAT(modalities, dim, eps=ot_eps, num_landmarks=num_landmarks)
+                self.oat = OAT(modalities, dim, eps=ot_eps, num_landmarks=num_landmarks, fusion=fusion)
             if self.user_stream is not None:
                 self.user_oat = OAT(["lm"], dim, eps=ot_eps, num_landmarks=num_landmarks)
         if modalities and self.oat is None:
@@ -423,4 +427,5 @@ def build_model(model_config, num_users: int, num_items: int, item_feature_dims:
                    temperature=c.temperature, ot_eps=c.ot_eps, num_landmarks=c.num_landmarks,
                    user_lm_weight=c.user_lm_weight, cmcl_batch=c.cmcl_batch, ot_batch=c.ot_batch,
                    knn_refines=c.knn_refines, item_graph_layers=c.item_graph_layers,
-                   item_graph_weights=c.item_graph_weights, content_entry=c.content_entry)
+                   item_graph_weights=c.item_graph_weights, content_entry=c.content_entry,
+                   fusion=c.fusion)

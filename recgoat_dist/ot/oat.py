@@ -15,7 +15,9 @@ For a modality ``m`` with source embeddings ``x`` (B, d) (weights ``a = 1/B``) a
    softmax of ``log T0`` is ``T0 / a`` because ``f`` makes the rows of ``T0`` exact) and the
    correction to each log-ratio stays within ``+-2 residual_scale``.
 3. The transported source is the barycentric projection ``xt_i = (1/a_i) sum_j T_ij t_j``, and
-   ``fused = id_emb + sum_m gamma_m xt^m`` with ``gamma = softmax(gamma_logits)``.
+   ``fused = id_emb + sum_m gamma_m xt^m`` with ``gamma = softmax(gamma_logits)`` (``fusion="simplex"``,
+   the content's total weight is 1) or ``gamma = gamma_logits`` (``"free"``: one weight per modality,
+   starting at 1/M, so the content's total weight is learned too).
 
 Row ``i`` of step 2 depends only on ``x_i``, the targets and their potentials ``g`` (Pooladian &
 Niles-Weed 2021, "entropic maps"), which is what makes inference possible for *every* catalog
@@ -37,6 +39,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .sinkhorn import sinkhorn
+
+
+FUSIONS = ("simplex", "free")   # how the modality weights gamma_m are parametrised
 
 
 @dataclass
@@ -85,6 +90,7 @@ class OAT(nn.Module):
         momentum: float = 1.0,
         max_iter: int = 200,
         tol: float = 1e-5,
+        fusion: str = "simplex",
     ):
         super().__init__()
         if not modalities:
@@ -93,13 +99,19 @@ class OAT(nn.Module):
         self.dim, self.eps, self.num_landmarks = dim, eps, num_landmarks
         self.residual_scale, self.cost, self.momentum = residual_scale, cost, momentum
         self.max_iter, self.tol = max_iter, tol
-        self.gamma_logits = nn.Parameter(torch.zeros(len(self.modalities)))
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; choose one of {FUSIONS}")
+        self.fusion = fusion
+        # simplex: gamma = softmax(logits), the content's total weight is 1; free: each modality's
+        # weight is its own parameter (starting at the simplex's 1/M), so the total can grow or shrink.
+        start = 0.0 if fusion == "simplex" else 1.0 / len(self.modalities)
+        self.gamma_logits = nn.Parameter(torch.full((len(self.modalities),), start))
         self.residual = nn.ParameterDict({m: nn.Parameter(torch.zeros(dim, dim)) for m in self.modalities})
         self.register_buffer("landmark_potentials", torch.zeros(len(self.modalities), num_landmarks))
         self.register_buffer("potentials_ready", torch.zeros(len(self.modalities), dtype=torch.bool))
 
     def gamma(self) -> Dict[str, torch.Tensor]:
-        weights = torch.softmax(self.gamma_logits, 0)
+        weights = torch.softmax(self.gamma_logits, 0) if self.fusion == "simplex" else self.gamma_logits
         return {m: weights[k] for k, m in enumerate(self.modalities)}
 
     def forward(
