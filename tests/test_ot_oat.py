@@ -180,3 +180,19 @@ def test_free_fusion_starts_at_the_simplex_and_learns_the_content_weight():
     from recgoat_dist.model.recgoat import build_model
     model = build_model(load_config(None, ["model.fusion=free"]).model, 5, 6, {"text": 4, "visual": 4})
     assert model.oat.fusion == "free" and model.oat.gamma_logits.tolist() == [0.5, 0.5]
+
+
+def test_training_steps_warm_start_from_the_stored_potentials():
+    """A training forward with landmarks starts Sinkhorn from the stored landmark potentials; its
+    loss and transport equal those of a module that solves from scratch (same parameters)."""
+    emb, ids = _batch(dtype=torch.float64)
+    landmarks = ids[select_landmarks(ids, L, torch.Generator().manual_seed(1))]
+    warm, cold = _model().double(), _model().double()
+    for model in (warm, cold):
+        model.tol = 1e-10
+    warm(_batch(seed=5, dtype=torch.float64)[0], ids, landmarks)      # stores potentials from another batch
+    assert bool(warm.potentials_ready.all()) and not bool(cold.potentials_ready.any())
+    out_warm, out_cold = warm(emb, ids, landmarks), cold(emb, ids, landmarks)
+    torch.testing.assert_close(out_warm.loss, out_cold.loss, rtol=1e-9, atol=0)
+    for m in MODALITIES:
+        torch.testing.assert_close(out_warm.transported[m], out_cold.transported[m], rtol=0, atol=1e-8)

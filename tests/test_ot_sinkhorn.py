@@ -111,3 +111,22 @@ def test_float32_converges_to_default_tol():
     for res in (dense, chunked):
         assert res.converged and res.marginal_error < 1e-5 and res.f.dtype == torch.float32
     assert abs(dense.cost.item() - chunked.cost.item()) <= 1e-5 * abs(dense.cost.item())
+
+
+def test_warm_start_reaches_the_same_solution_in_fewer_iterations():
+    """``init_g`` (a previous solve's potentials on nearby clouds, as OAT's steps have) changes the
+    path, not the answer: the same potentials and cost as the annealed solve, to ``tol``."""
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(256, 64, generator=g, dtype=torch.float64), torch.randn(256, 64, generator=g, dtype=torch.float64)
+    previous = sinkhorn(x, y, eps=0.1, cost="cosine", tol=1e-9, max_iter=2000)
+    moved = x + 0.05 * torch.randn(256, 64, generator=g, dtype=torch.float64)
+    cold = sinkhorn(moved, y, eps=0.1, cost="cosine", tol=1e-9, max_iter=2000)
+    warm = sinkhorn(moved, y, eps=0.1, cost="cosine", tol=1e-9, max_iter=2000, init_g=previous.g)
+    assert cold.converged and warm.converged and warm.n_iter < cold.n_iter
+    assert abs(warm.cost.item() - cold.cost.item()) <= 1e-8 * abs(cold.cost.item())
+    # potentials are defined up to a constant shift between f and g
+    shift = (warm.g - cold.g).mean()
+    torch.testing.assert_close(warm.g - shift, cold.g, rtol=0, atol=1e-7)
+    torch.testing.assert_close(warm.f + shift, cold.f, rtol=0, atol=1e-7)
+    with pytest.raises(ValueError, match="init_g must have shape"):
+        sinkhorn(moved, y, eps=0.1, cost="cosine", init_g=previous.g[:10])

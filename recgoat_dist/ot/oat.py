@@ -136,8 +136,12 @@ class OAT(nn.Module):
         """
         loss, potentials = targets.new_zeros(()), {}
         for k, m in enumerate(self.modalities):
+            # In training the landmarks barely move between steps, so the stored potentials are a
+            # warm start close to this batch's solution (the answer is the same, to ``tol``).
+            warm = store and self.training and bool(self.potentials_ready[k]) \
+                and self.landmark_potentials.shape[1] == targets.shape[0]
             solved = sinkhorn(modality_emb[m], targets, eps=self.eps, cost=self.cost, max_iter=self.max_iter,
-                              tol=self.tol)
+                              tol=self.tol, init_g=self.landmark_potentials[k] if warm else None)
             loss = loss + solved.cost
             potentials[m] = solved.g.detach()
             if store and (self.training or not bool(self.potentials_ready[k])):

@@ -105,6 +105,7 @@ def sinkhorn(
     max_plan_elements: int = 1 << 26,
     dense_max_elements: int = 1 << 25,
     block_entries: Optional[int] = None,
+    init_g: Optional[torch.Tensor] = None,
 ) -> SinkhornResult:
     """Entropic OT between weighted clouds ``x`` (N, d) and ``y`` (M, d); see the module docstring.
 
@@ -115,7 +116,9 @@ def sinkhorn(
     when needed). ``tol`` bounds the L1 marginal error. ``scaling``: eps ratio between annealing
     steps, ``None`` for none. ``return_plan``: also return the dense plan, refused above
     ``max_plan_elements`` entries. ``auto`` picks dense up to ``dense_max_elements`` = N M (it
-    stores 3 N M numbers); ``block_entries`` sets the chunked block size. Accepts torch tensors
+    stores 3 N M numbers); ``block_entries`` sets the chunked block size. ``init_g``: potentials
+    ``g`` (M,) to start from (e.g. a previous solve's on nearby clouds) instead of annealing; the
+    solution is the same fixed point, to ``tol``. Accepts torch tensors
     (any device) and numpy arrays; returns tensors on the device and in the dtype of ``x``
     (float32 unless float64 is given). Logs a warning when ``tol > 0`` is not reached.
     """
@@ -134,8 +137,12 @@ def sinkhorn(
         alpha, beta = feats.alpha.detach(), feats.beta.detach()
         log_a, log_b = a.detach().log(), b.detach().log()
         red = make_reduction(name, p, q, block_entries)
-        schedule = eps_schedule(feats.max_cost, eps, scaling)[-max_iter:]
-        f, g, n_iter, converged = _iterate(red, feats.kappa, alpha, beta, log_a, log_b, eps, schedule, max_iter, tol)
+        schedule = eps_schedule(feats.max_cost, eps, scaling)[-max_iter:] if init_g is None else []
+        start = None if init_g is None else init_g.detach().to(device=x.device, dtype=x.dtype)
+        if start is not None and start.shape != (m,):
+            raise ValueError(f"init_g must have shape ({m},), got {tuple(start.shape)}")
+        f, g, n_iter, converged = _iterate(red, feats.kappa, alpha, beta, log_a, log_b, eps, schedule, max_iter, tol,
+                                           start)
 
         # One barycentric pass over columns: column sums c (the marginal error), T^T p and
         # T^T alpha give <T, C>; rows are exact after the last f-update, up to rounding.
@@ -168,13 +175,18 @@ def sinkhorn(
     return SinkhornResult(f, g, cost_value, value, n_iter, marginal_error, converged, eps, name, plan)
 
 
-def _iterate(red, kappa, alpha, beta, log_a, log_b, eps, schedule, max_iter, tol):
-    """The Sinkhorn loop; returns ``(f, g, n_iter, converged)``, rows exact."""
+def _iterate(red, kappa, alpha, beta, log_a, log_b, eps, schedule, max_iter, tol, init_g=None):
+    """The Sinkhorn loop; returns ``(f, g, n_iter, converged)``, rows exact. From ``init_g`` the
+    loop starts with the ``f`` it prices at the target ``eps`` (no annealing)."""
     f = torch.zeros_like(alpha)
     g = torch.zeros_like(beta)
     temps = schedule + [eps] * (max_iter - len(schedule))
     b = log_b.exp()
     n_iter, prev = 0, None
+    if init_g is not None:
+        g = init_g
+        f = alpha - eps * red.rows(log_b + (g - beta) / eps, kappa / eps)[0]
+        prev = eps
     for t in temps:
         g_next = beta - t * red.cols(log_a + (f - alpha) / t, kappa / t)[0]
         if t == prev == eps:  # (f, g) is a target-eps state: g_next prices its column marginal
