@@ -196,3 +196,21 @@ def test_prompt_truncation():
     assert "tag1" in prompt and ",tag" in prompt and ", ;" not in prompt
     assert prompt.count(";") < 30                                   # budget, not item count, binds
     assert form.render([]) == form.render(["", "  "]) == form.empty
+
+
+def test_short_prompt_template_covers_more_of_a_long_history(dataset, tmp_path, recording, capsys):
+    v1, v2 = PROMPT_TEMPLATES["interacted_with_v1"], PROMPT_TEMPLATES["interacted_with_short_v2"]
+    titles = [f"Title {k}. " + "a long description of the item " * 8 for k in range(40)]
+    long_prompt, short_prompt = v1.render(titles), v2.render(titles)
+    assert len(short_prompt) <= v2.prompt_chars and short_prompt.endswith(".")
+    assert short_prompt.count("Title") > 2 * long_prompt.count("Title") >= 10   # 15 items against 6
+    assert "Title 0." in short_prompt and "Title 14." in short_prompt and "Title 15." not in short_prompt
+    # Through the command line: the template is recorded with the features; an unknown one is one line.
+    table = token_table(tmp_path)
+    assert main(["prepare", "user-profiles", "--data", dataset, "--text", table, "--encoder", "recording",
+                 "--template", "interacted_with_nope"]) == 2
+    assert "unknown prompt template 'interacted_with_nope'" in capsys.readouterr().err
+    assert "text" not in Dataset(dataset).user_modalities
+    assert main(["prepare", "user-profiles", "--data", dataset, "--text", table, "--encoder", "recording",
+                 "--template", "interacted_with_short_v2"]) == 0
+    assert Dataset(dataset).user_modalities["text"]["prompt_template"] == "interacted_with_short_v2"

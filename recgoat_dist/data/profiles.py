@@ -73,9 +73,15 @@ def _clip(text: str, limit: int) -> str:
 
 
 PROMPT_TEMPLATES = {
+    # Up to 160 characters of each item: about six items reach the encoder's window.
     "interacted_with_v1": PromptTemplate(
         intro="The user interacted with these items, most recent first: ", separator="; ", end=".",
         empty="The user has no recorded interactions.", item_chars=160, prompt_chars=1000),
+    # The head of each item's text only (a title, or its first tags): the same window then holds
+    # about fifteen items, so the prompt covers more of a long history and less of each item.
+    "interacted_with_short_v2": PromptTemplate(
+        intro="The user interacted with these items, most recent first: ", separator="; ", end=".",
+        empty="The user has no recorded interactions.", item_chars=60, prompt_chars=1000),
 }
 DEFAULT_TEMPLATE = "interacted_with_v1"
 
@@ -142,10 +148,9 @@ def iter_user_prompts(dataset: Dataset, texts: pa.Array, max_items: int = 50,
 
 
 def build_user_profiles(data: str, text: str, encoder: str = "minilm", name: str = "text",
-                        max_items: int = 50, batch_size: int = 128) -> dict:
-    """Encode each user's behaviour prompt with ``encoder``; add it as user modality ``name``.
-
-    Returns the dataset's new manifest.
+                        max_items: int = 50, batch_size: int = 128, template: str = DEFAULT_TEMPLATE) -> dict:
+    """Encode each user's behaviour prompt (``template``, a key of :data:`PROMPT_TEMPLATES`) with
+    ``encoder``; add it as user modality ``name``. Returns the dataset's new manifest.
     """
     t0 = time.perf_counter()
     dataset = Dataset(data)
@@ -154,16 +159,18 @@ def build_user_profiles(data: str, text: str, encoder: str = "minilm", name: str
                         "optionally with a suffix such as text_minilm")
     if name in dataset.user_modalities:
         raise DataError(f"{data}: user modality {name!r} already exists")
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; choose one of {', '.join(PROMPT_TEMPLATES)}")
     if max_items < 1 or batch_size < 1:
         raise ValueError(f"max_items and batch_size must be >= 1, got {max_items}, {batch_size}")
     aligned = item_texts(dataset, text)
     model = get_encoder(encoder)
-    prompts = iter_user_prompts(dataset, aligned.texts, max_items, DEFAULT_TEMPLATE, batch_size)
+    prompts = iter_user_prompts(dataset, aligned.texts, max_items, template, batch_size)
     manifest = add_modality(data, "user", name, encode_blocks(model, prompts, dataset.num_users, "user prompts"),
                             source=text, extra={
         "encoder": encoder,
         "encoder_model": getattr(model, "model_id", type(model).__name__),
-        "prompt_template": DEFAULT_TEMPLATE,
+        "prompt_template": template,
         "max_items": max_items,
         "history": "train split only, most recent first",
         "text_source": text,
