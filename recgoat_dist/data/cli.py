@@ -47,9 +47,9 @@ def _encode_items(args: argparse.Namespace) -> None:
 
 
 def _user_profiles(args: argparse.Namespace) -> None:
-    from recgoat_dist.data.profiles import build_user_profiles
+    from recgoat_dist.data.profiles import DEFAULT_TEMPLATE, build_user_profiles
 
-    build_user_profiles(args.data, args.text, encoder=args.encoder, template=args.template)
+    build_user_profiles(args.data, args.text, encoder=args.encoder, template=args.template or DEFAULT_TEMPLATE)
 
 
 def register(subparsers) -> None:
@@ -101,7 +101,7 @@ def register(subparsers) -> None:
     p.add_argument("--data", required=True, help="dataset URL")
     p.add_argument("--text", required=True, help="TSV/CSV/Parquet: original item id, text")
     p.add_argument("--encoder", default="minilm")
-    p.add_argument("--template", default="interacted_with_v1",
+    p.add_argument("--template",
                    help="how the prompt is written: interacted_with_v1 (default) or interacted_with_short_v2 "
                         "(recgoat_dist/data/profiles.py: PROMPT_TEMPLATES)")
     p.set_defaults(func=_user_profiles)

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 import numpy as np
@@ -72,16 +72,15 @@ def _clip(text: str, limit: int) -> str:
     return (cut[:boundary] if boundary > limit // 2 else cut).rstrip(" ,;")
 
 
+# Up to 160 characters of each item: about six items reach the encoder's window.
+_INTERACTED_WITH = PromptTemplate(
+    intro="The user interacted with these items, most recent first: ", separator="; ", end=".",
+    empty="The user has no recorded interactions.", item_chars=160, prompt_chars=1000)
 PROMPT_TEMPLATES = {
-    # Up to 160 characters of each item: about six items reach the encoder's window.
-    "interacted_with_v1": PromptTemplate(
-        intro="The user interacted with these items, most recent first: ", separator="; ", end=".",
-        empty="The user has no recorded interactions.", item_chars=160, prompt_chars=1000),
+    "interacted_with_v1": _INTERACTED_WITH,
     # The head of each item's text only (a title, or its first tags): the same window then holds
     # about fifteen items, so the prompt covers more of a long history and less of each item.
-    "interacted_with_short_v2": PromptTemplate(
-        intro="The user interacted with these items, most recent first: ", separator="; ", end=".",
-        empty="The user has no recorded interactions.", item_chars=60, prompt_chars=1000),
+    "interacted_with_short_v2": replace(_INTERACTED_WITH, item_chars=60),
 }
 DEFAULT_TEMPLATE = "interacted_with_v1"
 
